@@ -1,0 +1,316 @@
+"""Settings: one pydantic-settings model loaded from uuidguard.toml with UUIDGUARD_* overrides."""
+
+from __future__ import annotations
+
+import os
+import re
+import string
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from migrator.errors import ConfigError
+
+DEFAULT_CONFIG_FILE = "uuidguard.toml"
+CONFIG_ENV = "UUIDGUARD_CONFIG"
+
+
+def _identifier(value: object) -> object:
+    if isinstance(value, str):
+        if not value or "\x00" in value:
+            raise ValueError("must be a non-empty name without NUL characters")
+        if len(value.encode()) > 63:
+            raise ValueError("PostgreSQL names are at most 63 bytes long")
+    return value
+
+
+#: A table, column or schema name; always quoted by the SQL compiler, never pasted into SQL.
+Identifier = Annotated[str, BeforeValidator(_identifier)]
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _duration(value: object) -> object:
+    if isinstance(value, int | float):
+        return timedelta(seconds=value)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if not match:
+            raise ValueError("expected a duration such as 90s, 15m, 24h or 30d")
+        return timedelta(seconds=float(match[1]) * _UNITS[match[2] or "s"])
+    return value
+
+
+#: A duration written as 90s, 15m, 24h, 30d or a number of seconds.
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DocumentsMapping(_Section):
+    """The documents table: one row per uploaded file."""
+
+    table: Identifier = "documents"
+    id: Identifier = "id"
+    user_id: Identifier = "user_id"
+    file_sha256: Identifier = "file_sha256"
+    created_at: Identifier = "created_at"
+    status: Identifier = "status"
+    size_bytes: Identifier | None = "size_bytes"
+    filename: Identifier | None = "filename"
+    access_count: Identifier | None = "access_count"
+    last_accessed_at: Identifier | None = "last_accessed_at"
+    processed_statuses: tuple[str, ...] = ("processed",)
+
+
+class ChunksMapping(_Section):
+    """The chunk table the processing stage writes; its document column is a reference."""
+
+    table: Identifier = "document_chunks"
+    id: Identifier = "id"
+    document_id: Identifier = "document_id"
+    user_id: Identifier | None = "user_id"
+    content: Identifier | None = "content"
+
+
+class EmbeddingsMapping(_Section):
+    """The embeddings table; its document column is a reference too."""
+
+    table: Identifier = "embeddings"
+    id: Identifier = "id"
+    chunk_id: Identifier | None = "chunk_id"
+    document_id: Identifier = "document_id"
+    vector: Identifier | None = "embedding"
+
+
+class ReferenceMapping(_Section):
+    """Any further column that holds a document id (shares, feedback, citations...)."""
+
+    table: Identifier
+    column: Identifier
+    primary_key: tuple[Identifier, ...]
+    #: for shares: the column naming the user the document is shared with
+    grantee_column: Identifier | None = None
+
+    @field_validator("primary_key", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return (value,) if isinstance(value, str) else value
+
+
+def _default_references() -> tuple[ReferenceMapping, ...]:
+    return (
+        ReferenceMapping(
+            table="document_shares",
+            column="document_id",
+            primary_key=("document_id", "shared_with"),
+            grantee_column="shared_with",
+        ),
+    )
+
+
+class SchemaMapping(_Section):
+    """Where the RAG platform keeps its data: every name is configurable."""
+
+    schema_: Identifier = Field("public", alias="schema")
+    documents: DocumentsMapping = DocumentsMapping()
+    chunks: ChunksMapping = ChunksMapping()
+    embeddings: EmbeddingsMapping | None = EmbeddingsMapping()
+    references: tuple[ReferenceMapping, ...] = Field(default_factory=_default_references)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+_TEMPLATE_FIELDS = {"user_id", "file_sha256"}
+
+
+class IdRuleSettings(_Section):
+    """The application's deterministic id: uuid5(namespace, template.format(...))."""
+
+    namespace: uuid.UUID = uuid.NAMESPACE_URL
+    template: str = "{user_id}:{file_sha256}"
+    #: compute rule ids inside PostgreSQL where uuid-ossp is already installed (never installed by us)
+    sql_fast_path: bool = True
+
+    @field_validator("template")
+    @classmethod
+    def _known_fields(cls, value: str) -> str:
+        try:
+            fields = {f for _, f, _, _ in string.Formatter().parse(value) if f is not None}
+        except ValueError as exc:
+            raise ValueError(f"not a format string ({exc})") from exc
+        unknown = fields - _TEMPLATE_FIELDS
+        if unknown:
+            raise ValueError(
+                f"unknown field {{{sorted(unknown)[0]}}}; only {{user_id}} and {{file_sha256}} exist"
+            )
+        if not fields:
+            raise ValueError("must use {user_id} and/or {file_sha256}")
+        return value
+
+
+class DatabaseSettings(_Section):
+    """Which PostgreSQL to work on; no DSN means the embedded server under state_dir."""
+
+    dsn: SecretStr | None = None
+    state_dir: Path = Path(".uuidguard")
+    connect_timeout: Duration = timedelta(seconds=5)
+    statement_timeout: Duration = timedelta(minutes=10)
+    application_name: str = "uuidguard"
+
+    @field_validator("dsn")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        raw = value.get_secret_value().strip()
+        if not re.match(r"^postgres(ql)?(\+psycopg)?://", raw):
+            raise ValueError("expected a URL such as postgresql://user@host:5432/dbname")
+        return SecretStr(raw)
+
+
+class AssessSettings(_Section):
+    """Thresholds of the damage assessment."""
+
+    grace_period: Duration = timedelta(hours=24)
+    priority_window: Duration = timedelta(days=30)
+    #: documents whose access_count is at or above this quantile are "frequently accessed"
+    frequent_quantile: float = Field(0.9, gt=0, lt=1)
+    samples_per_class: int = Field(5, ge=0, le=100)
+    top_users: int = Field(20, ge=0, le=1000)
+
+
+class Settings(BaseSettings):
+    """Everything uuidguard reads at start; passed down, never read from globals."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="UUIDGUARD_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        populate_by_name=True,
+    )
+
+    database: DatabaseSettings = DatabaseSettings()
+    mapping: SchemaMapping = SchemaMapping()
+    id_rule: IdRuleSettings = IdRuleSettings()
+    assess: AssessSettings = AssessSettings()
+    journal_schema: Identifier = "uuidguard"
+
+    @model_validator(mode="after")
+    def _references_distinct(self) -> Settings:
+        seen: set[tuple[str, str]] = set()
+        for ref in self.reference_columns():
+            if (ref.table, ref.column) in seen:
+                raise ValueError(f"{ref.table}.{ref.column} is mapped twice")
+            seen.add((ref.table, ref.column))
+        return self
+
+    def reference_columns(self) -> list[ReferenceMapping]:
+        """Every column that holds a document id, the chunk and embedding ones first."""
+        m = self.mapping
+        refs = [ReferenceMapping(table=m.chunks.table, column=m.chunks.document_id, primary_key=(m.chunks.id,))]
+        if m.embeddings is not None:
+            refs.append(
+                ReferenceMapping(
+                    table=m.embeddings.table,
+                    column=m.embeddings.document_id,
+                    primary_key=(m.embeddings.id,),
+                )
+            )
+        refs.extend(m.references)
+        return refs
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # command-line flags (init) beat the environment, which beats the file
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+def resolve_config_file(path: Path | None) -> Path | None:
+    """The file to read: --config, else $UUIDGUARD_CONFIG, else ./uuidguard.toml if present."""
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError("--config", f"{path} does not exist", "give the path of a TOML file")
+        return path
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        if not Path(env).is_file():
+            raise ConfigError(CONFIG_ENV, f"{env} does not exist", "point it at a TOML file")
+        return Path(env)
+    default = Path(DEFAULT_CONFIG_FILE)
+    return default if default.is_file() else None
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Resolve settings from the file, the environment and command-line overrides."""
+    path = resolve_config_file(config_file)
+
+    class FileSettings(Settings):
+        model_config = SettingsConfigDict(toml_file=path)
+
+    try:
+        return FileSettings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        raise _config_error(exc, path) from exc
+    except ValueError as exc:  # a TOML syntax error surfaces as tomllib's ValueError
+        raise ConfigError(str(path), f"not valid TOML ({exc})", "fix the file's syntax") from exc
+
+
+def _config_error(exc: ValidationError, path: Path | None) -> ConfigError:
+    first = exc.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "settings"
+    key = key.replace("schema_", "schema")
+    problem = first["msg"]
+    if first["type"] == "extra_forbidden":
+        problem = "is not a known setting"
+        fix = "remove it or correct its spelling (`uuidguard config show` lists every key)"
+    else:
+        where = f"in {path}" if path else "in uuidguard.toml"
+        env = "UUIDGUARD_" + key.upper().replace(".", "__")
+        fix = f"set it {where} or with {env}"
+    more = len(exc.errors()) - 1
+    if more:
+        problem += f" (and {more} more problem{'s' if more > 1 else ''})"
+    return ConfigError(key, problem, fix)
+
+
+def masked(settings: Settings) -> dict[str, Any]:
+    """The resolved settings as plain data with every secret masked, for display."""
+    data = settings.model_dump(mode="json", by_alias=True)
+    dsn = settings.database.dsn
+    data["database"]["dsn"] = mask_dsn(dsn.get_secret_value()) if dsn else None
+    return data
+
+
+def mask_dsn(dsn: str) -> str:
+    """A DSN with its password replaced by ***, safe for logs and messages."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
