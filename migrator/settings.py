@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from pydantic import (
     BaseModel,
     BeforeValidator,
+    PlainSerializer,
     ConfigDict,
     Field,
     SecretStr,
@@ -44,6 +45,10 @@ def _identifier(value: object) -> object:
 
 #: A table, column or schema name; always quoted by the SQL compiler, never pasted into SQL.
 Identifier = Annotated[str, BeforeValidator(_identifier)]
+#: A column the platform may not have: "" (TOML has no null) or absent in the table means none.
+OptionalColumn = Annotated[
+    Identifier | None, BeforeValidator(lambda v: None if v == "" else v)
+]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -60,8 +65,22 @@ def _duration(value: object) -> object:
     return value
 
 
+def format_duration(value: timedelta) -> str:
+    """The shortest exact form in our own notation (90s, 15m, 24h, 30d), for display."""
+    seconds = value.total_seconds()
+    for unit in ("w", "d", "h", "m", "s"):
+        size = _UNITS[unit]
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
 #: A duration written as 90s, 15m, 24h, 30d or a number of seconds.
-Duration = Annotated[timedelta, BeforeValidator(_duration)]
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(_duration),
+    PlainSerializer(format_duration, return_type=str, when_used="json"),
+]
 
 
 class _Section(BaseModel):
@@ -77,10 +96,10 @@ class DocumentsMapping(_Section):
     file_sha256: Identifier = "file_sha256"
     created_at: Identifier = "created_at"
     status: Identifier = "status"
-    size_bytes: Identifier | None = "size_bytes"
-    filename: Identifier | None = "filename"
-    access_count: Identifier | None = "access_count"
-    last_accessed_at: Identifier | None = "last_accessed_at"
+    size_bytes: OptionalColumn = "size_bytes"
+    filename: OptionalColumn = "filename"
+    access_count: OptionalColumn = "access_count"
+    last_accessed_at: OptionalColumn = "last_accessed_at"
     processed_statuses: tuple[str, ...] = ("processed",)
 
 
@@ -90,8 +109,8 @@ class ChunksMapping(_Section):
     table: Identifier = "document_chunks"
     id: Identifier = "id"
     document_id: Identifier = "document_id"
-    user_id: Identifier | None = "user_id"
-    content: Identifier | None = "content"
+    user_id: OptionalColumn = "user_id"
+    content: OptionalColumn = "content"
 
 
 class EmbeddingsMapping(_Section):
@@ -99,9 +118,9 @@ class EmbeddingsMapping(_Section):
 
     table: Identifier = "embeddings"
     id: Identifier = "id"
-    chunk_id: Identifier | None = "chunk_id"
+    chunk_id: OptionalColumn = "chunk_id"
     document_id: Identifier = "document_id"
-    vector: Identifier | None = "embedding"
+    vector: OptionalColumn = "embedding"
 
 
 class ReferenceMapping(_Section):
@@ -289,7 +308,7 @@ def _config_error(exc: ValidationError, path: Path | None) -> ConfigError:
     first = exc.errors()[0]
     key = ".".join(str(p) for p in first["loc"]) or "settings"
     key = key.replace("schema_", "schema")
-    problem = first["msg"]
+    problem = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         problem = "is not a known setting"
         fix = "remove it or correct its spelling (`uuidguard config show` lists every key)"

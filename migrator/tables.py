@@ -99,6 +99,18 @@ def _build(
     )
 
 
+_OPTIONAL = {
+    "mapping.documents.size_bytes",
+    "mapping.documents.filename",
+    "mapping.documents.access_count",
+    "mapping.documents.last_accessed_at",
+    "mapping.chunks.user_id",
+    "mapping.chunks.content",
+    "mapping.embeddings.chunk_id",
+    "mapping.embeddings.vector",
+}
+
+
 def _check_columns(
     schema: str,
     table: str,
@@ -107,12 +119,10 @@ def _check_columns(
 ) -> None:
     for key, column in columns:
         if column not in catalog:
-            raise MappingError(
-                key,
-                f"{schema}.{table}.{column}",
-                "column does not exist",
-                f"set {key} to one of: {', '.join(sorted(catalog))}",
-            )
+            fix = f"set {key} to one of: {', '.join(sorted(catalog))}"
+            if key in _OPTIONAL:
+                fix += ' (or to "" if the table has no such column)'
+            raise MappingError(key, f"{schema}.{table}.{column}", "column does not exist", fix)
 
 
 def reflect(conn: Connection, settings: Settings) -> MappedTables:
