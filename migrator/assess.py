@@ -13,13 +13,20 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from migrator import db, idrule, ruleids, tables as tables_mod
+from migrator import db, idrule, ruleids
+from migrator import tables as tables_mod
 from migrator.dataset import CHUNK_CLASSES, DOCUMENT_CLASSES
 from migrator.settings import Settings
 from migrator.sqlutil import temp_table_as
 
 USER_BUCKETS = (("1", 1, 1), ("2-5", 2, 5), ("6-20", 6, 20), ("21+", 21, None))
-SHARE_BUCKETS = (("0%", 0.0, 0.0), ("0-10%", 0.0, 0.1), ("10-25%", 0.1, 0.25), ("25-50%", 0.25, 0.5), ("50-100%", 0.5, 1.0))
+SHARE_BUCKETS = (
+    ("0%", 0.0, 0.0),
+    ("0-10%", 0.0, 0.1),
+    ("10-25%", 0.1, 0.25),
+    ("25-50%", 0.25, 0.5),
+    ("50-100%", 0.5, 1.0),
+)
 CONFLICT_DETAIL_LIMIT = 1000
 
 
@@ -40,7 +47,9 @@ def assess(conn: Connection, settings: Settings, now: datetime) -> dict[str, Any
     d = mt.documents
     ref_cols = [t.types.get(ref.column) for ref, t in mt.references]
     uuid_mode = d.is_uuid(m.id) and all(t == "uuid" for t in ref_cols)
-    key = lambda col: ruleids.key_expr(col, uuid_mode)  # noqa: E731
+
+    def key(col: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+        return ruleids.key_expr(col, uuid_mode)
 
     rule_t, rule_path = ruleids.materialize(
         conn, mt, rule, m.user_id, m.file_sha256, m.id, uuid_mode, settings.id_rule.sql_fast_path
@@ -128,7 +137,9 @@ def _documents_table(
             dkey.label("key"),
             sa.cast(d.c(m.id), sa.Text).label("id_text"),
             rule_t.c.rule_id.label("rule"),
-            sa.func.lower(sa.cast(d.c(m.id), sa.Text)).op("~")(idrule.UUID_V4_PATTERN).label("is_v4"),
+            sa.func.lower(sa.cast(d.c(m.id), sa.Text))
+            .op("~")(idrule.UUID_V4_PATTERN)
+            .label("is_v4"),
             sa.cast(d.c(m.user_id), sa.Text).label("user_id"),
             d.c(m.created_at).label("created_at"),
             sa.cast(d.c(m.status), sa.Text).label("status"),
@@ -138,8 +149,12 @@ def _documents_table(
             opt(m.last_accessed_at, None, sa.DateTime(timezone=True)).label("last_accessed_at"),
             sa.func.coalesce(own.c.n, 0).label("own_chunks"),
             sa.func.coalesce(own.c.bytes, 0).label("own_chunk_bytes"),
-            (sa.func.coalesce(own_e.c.n, 0) if own_e is not None else sa.literal(0)).label("own_embeddings"),
-            (sa.func.coalesce(own_e.c.bytes, 0) if own_e is not None else sa.literal(0)).label("own_embedding_bytes"),
+            (sa.func.coalesce(own_e.c.n, 0) if own_e is not None else sa.literal(0)).label(
+                "own_embeddings"
+            ),
+            (sa.func.coalesce(own_e.c.bytes, 0) if own_e is not None else sa.literal(0)).label(
+                "own_embedding_bytes"
+            ),
         )
         .select_from(d.table)
         .join(rule_t, rule_t.c.doc_key == dkey)
@@ -160,8 +175,12 @@ def _documents_table(
             rule_taken.label("rule_taken"),
             sa.func.coalesce(rc.c.n, 0).label("rule_chunks_raw"),
             sa.func.coalesce(rc.c.bytes, 0).label("rule_chunk_bytes_raw"),
-            (sa.func.coalesce(rc_e.c.n, 0) if rc_e is not None else sa.literal(0)).label("rule_embeddings_raw"),
-            (sa.func.coalesce(rc_e.c.bytes, 0) if rc_e is not None else sa.literal(0)).label("rule_embedding_bytes_raw"),
+            (sa.func.coalesce(rc_e.c.n, 0) if rc_e is not None else sa.literal(0)).label(
+                "rule_embeddings_raw"
+            ),
+            (sa.func.coalesce(rc_e.c.bytes, 0) if rc_e is not None else sa.literal(0)).label(
+                "rule_embedding_bytes_raw"
+            ),
         )
         .select_from(stage1)
         .outerjoin(holder, sa.and_(holder.c.key == stage1.c.rule, holder.c.key != stage1.c.key))
@@ -240,13 +259,14 @@ def _report(
     a = settings.assess
     c = docs.c
     affected = c["class"] != "deterministic"
-    count_if = lambda cond: sa.func.count().filter(cond)  # noqa: E731
 
     by_class = {cls: 0 for cls in DOCUMENT_CLASSES}
     bytes_by_class = {cls: 0 for cls in DOCUMENT_CLASSES}
     rekey_by_class = {cls: 0 for cls in DOCUMENT_CLASSES}
     for cls, n, nbytes, rekey in conn.execute(
-        sa.select(c["class"], sa.func.count(), sa.func.sum(c.bytes), count_if(c.rekey)).group_by(c["class"])
+        sa.select(c["class"], sa.func.count(), sa.func.sum(c.bytes), count_if(c.rekey)).group_by(
+            c["class"]
+        )
     ):
         by_class[cls], bytes_by_class[cls], rekey_by_class[cls] = n, int(nbytes or 0), rekey
     total_docs = sum(by_class.values())
@@ -285,7 +305,9 @@ def _report(
             count_if(c["class"] == "random_unprocessed").label("unprocessed"),
             count_if(c["class"] == "conflict").label("conflict"),
             sa.func.sum(c.own_chunks).label("chunks"),
-            sa.func.sum(sa.case((c.invisible, c.rule_chunks_raw), else_=0)).label("invisible_chunks"),
+            sa.func.sum(sa.case((c.invisible, c.rule_chunks_raw), else_=0)).label(
+                "invisible_chunks"
+            ),
             sa.func.sum(sa.case((affected, c.bytes), else_=0)).label("affected_bytes"),
         )
         .group_by(c.user_id)
@@ -294,7 +316,9 @@ def _report(
     pu = per_user.c
     users_total, users_affected, users_invisible = conn.execute(
         sa.select(
-            sa.func.count(), sa.func.count().filter(pu.affected > 0), sa.func.count().filter(pu.invisible > 0)
+            sa.func.count(),
+            sa.func.count().filter(pu.affected > 0),
+            sa.func.count().filter(pu.invisible > 0),
         )
     ).one()
     buckets = {}
@@ -303,8 +327,8 @@ def _report(
         buckets[label] = conn.execute(sa.select(sa.func.count()).where(cond)).scalar_one()
     share = sa.cast(pu.invisible, sa.Float) / sa.func.greatest(pu.documents, 1)
     share_buckets = {}
-    for label, lo, hi in SHARE_BUCKETS:
-        cond = share == 0 if hi == 0 else sa.and_(share > lo, share <= hi)
+    for label, low, high in SHARE_BUCKETS:
+        cond = share == 0 if high == 0 else sa.and_(share > low, share <= high)
         share_buckets[label] = conn.execute(sa.select(sa.func.count()).where(cond)).scalar_one()
     top = [
         {
@@ -337,7 +361,9 @@ def _report(
         by_month.setdefault(mon or "unknown", {k: 0 for k in DOCUMENT_CLASSES})[cls] = n
     by_status: dict[str, dict[str, int]] = {}
     for status, cls, n in conn.execute(
-        sa.select(c.status, c["class"], sa.func.count()).group_by(c.status, c["class"]).order_by(c.status)
+        sa.select(c.status, c["class"], sa.func.count())
+        .group_by(c.status, c["class"])
+        .order_by(c.status)
     ):
         by_status.setdefault(status or "unknown", {k: 0 for k in DOCUMENT_CLASSES})[cls] = n
 
@@ -346,13 +372,19 @@ def _report(
     stuck_by_status = {
         status or "unknown": n
         for status, n in conn.execute(
-            sa.select(c.status, sa.func.count()).where(stuck_cond).group_by(c.status).order_by(c.status)
+            sa.select(c.status, sa.func.count())
+            .where(stuck_cond)
+            .group_by(c.status)
+            .order_by(c.status)
         )
     }
     stuck_by_class = {
         cls: n
         for cls, n in conn.execute(
-            sa.select(c["class"], sa.func.count()).where(stuck_cond).group_by(c["class"]).order_by(c["class"])
+            sa.select(c["class"], sa.func.count())
+            .where(stuck_cond)
+            .group_by(c["class"])
+            .order_by(c["class"])
         )
     }
     oldest_stuck = conn.execute(sa.select(sa.func.min(c.created_at)).where(stuck_cond)).scalar_one()
@@ -361,10 +393,10 @@ def _report(
     invisible_chunks = chunks_by_class["orphan_healable"] + chunks_by_class["orphan_unmatched"]
 
     # priority: documents a re-key would fix that people use now
-    threshold = conn.execute(
+    quantile = conn.execute(
         sa.select(sa.func.percentile_disc(a.frequent_quantile).within_group(c.access_count))
     ).scalar_one()
-    threshold = max(int(threshold or 0), 1)
+    threshold = max(int(quantile or 0), 1)
     since = now - a.priority_window
     recent = sa.or_(c.created_at >= since, c.last_accessed_at >= since)
     frequent = c.access_count >= threshold
@@ -391,13 +423,22 @@ def _report(
         cls: [
             r[0]
             for r in conn.execute(
-                sa.select(c.id_text).where(c["class"] == cls).order_by(c.id_text).limit(a.samples_per_class)
+                sa.select(c.id_text)
+                .where(c["class"] == cls)
+                .order_by(c.id_text)
+                .limit(a.samples_per_class)
             )
         ]
         for cls in DOCUMENT_CLASSES
     }
     stuck_samples = [
-        r[0] for r in conn.execute(sa.select(c.id_text).where(stuck_cond).order_by(c.created_at, c.id_text).limit(a.samples_per_class))
+        r[0]
+        for r in conn.execute(
+            sa.select(c.id_text)
+            .where(stuck_cond)
+            .order_by(c.created_at, c.id_text)
+            .limit(a.samples_per_class)
+        )
     ]
     affected_bytes = sum(v for k, v in bytes_by_class.items() if k != "deterministic")
     return {
@@ -465,6 +506,10 @@ def _report(
     }
 
 
+def count_if(cond: sa.ColumnElement[bool]) -> sa.ColumnElement[int]:
+    return sa.func.count().filter(cond)
+
+
 def _conflicts(conn: Connection, docs: sa.TableClause) -> dict[str, Any]:
     c = docs.c
     holder = docs.alias("holder")
@@ -478,7 +523,10 @@ def _conflicts(conn: Connection, docs: sa.TableClause) -> dict[str, Any]:
             c.own_chunks,
             c.created_at,
             c.rekey,
-            sa.select(holder.c.id_text).where(holder.c.key == c.rule).scalar_subquery().label("holder"),
+            sa.select(holder.c.id_text)
+            .where(holder.c.key == c.rule)
+            .scalar_subquery()
+            .label("holder"),
         )
         .where(c["class"] == "conflict")
         .order_by(c.user_id, c.rule, c.group_rank, c.created_at, c.key)

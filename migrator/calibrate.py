@@ -8,7 +8,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from migrator import db, idrule, ruleids, tables as tables_mod
+from migrator import db, idrule, ruleids
+from migrator import tables as tables_mod
 from migrator.settings import Settings
 
 
@@ -34,7 +35,7 @@ def calibrate(
     )
     key = ruleids.key_expr(d.c(m.id), uuid_mode)
     is_v5 = sa.func.lower(sa.cast(d.c(m.id), sa.Text)).op("~")(idrule.UUID_V5_PATTERN)
-    cond = [is_v5]
+    cond: list[sa.ColumnElement[bool]] = [is_v5]
     if since is not None:
         cond.append(d.c(m.created_at) >= since)
     base = sa.select(d.table, rule_t.c.rule_id).join(rule_t, rule_t.c.doc_key == key).where(*cond)

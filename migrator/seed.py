@@ -117,7 +117,11 @@ def seed(
     md = reference_metadata(schema, dataset.spec.dim, use_vector)
     if replace:
         for name in REFERENCE_TABLES:
-            conn.execute(sa.text(f"DROP TABLE IF EXISTS {q.format_table(md.tables[f'{schema}.{name}'])} CASCADE"))
+            conn.execute(
+                sa.text(
+                    f"DROP TABLE IF EXISTS {q.format_table(md.tables[f'{schema}.{name}'])} CASCADE"
+                )
+            )
     md.create_all(conn)
     raw = db.raw_connection(conn)
     t = {name: q.format_table(md.tables[f"{schema}.{name}"]) for name in REFERENCE_TABLES}
@@ -155,7 +159,11 @@ def seed(
         conn.execute(sa.text(f"ANALYZE {t[name]}"))
     conn.commit()
     return SeedResult(
-        manifest={**dataset.manifest, "fk": fk, "vector_type": "vector" if use_vector else "real[]"},
+        manifest={
+            **dataset.manifest,
+            "fk": fk,
+            "vector_type": "vector" if use_vector else "real[]",
+        },
         seconds=time.monotonic() - started,
         vector_type="vector" if use_vector else "real[]",
     )

@@ -13,9 +13,9 @@ from typing import Annotated, Any
 from pydantic import (
     BaseModel,
     BeforeValidator,
-    PlainSerializer,
     ConfigDict,
     Field,
+    PlainSerializer,
     SecretStr,
     ValidationError,
     field_validator,
@@ -46,9 +46,7 @@ def _identifier(value: object) -> object:
 #: A table, column or schema name; always quoted by the SQL compiler, never pasted into SQL.
 Identifier = Annotated[str, BeforeValidator(_identifier)]
 #: A column the platform may not have: "" (TOML has no null) or absent in the table means none.
-OptionalColumn = Annotated[
-    Identifier | None, BeforeValidator(lambda v: None if v == "" else v)
-]
+OptionalColumn = Annotated[Identifier | None, BeforeValidator(lambda v: None if v == "" else v)]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -249,7 +247,11 @@ class Settings(BaseSettings):
     def reference_columns(self) -> list[ReferenceMapping]:
         """Every column that holds a document id, the chunk and embedding ones first."""
         m = self.mapping
-        refs = [ReferenceMapping(table=m.chunks.table, column=m.chunks.document_id, primary_key=(m.chunks.id,))]
+        refs = [
+            ReferenceMapping(
+                table=m.chunks.table, column=m.chunks.document_id, primary_key=(m.chunks.id,)
+            )
+        ]
         if m.embeddings is not None:
             refs.append(
                 ReferenceMapping(

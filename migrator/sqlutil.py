@@ -31,6 +31,6 @@ def _compile_ctas(element: CreateTempTableAs, compiler: SQLCompiler, **kw: Any) 
 def temp_table_as(conn: Connection, name: str, select: sa.Select[Any]) -> sa.TableClause:
     """Materialise `select` as an analysed temporary table and return a handle to it."""
     conn.execute(CreateTempTableAs(name, select))
-    handle = sa.table(name, *[sa.column(c.key) for c in select.selected_columns])
+    handle = sa.table(name, *[sa.column(str(c.key)) for c in select.selected_columns])
     conn.execute(sa.text(f"ANALYZE {conn.dialect.identifier_preparer.quote(name)}"))
     return handle

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
@@ -13,7 +14,7 @@ from migrator.errors import MappingError
 from migrator.settings import ReferenceMapping, Settings
 
 # which pg types we treat how; anything else is carried as an opaque value
-_TYPES: dict[str, sa.types.TypeEngine[object]] = {
+_TYPES: dict[str, sa.types.TypeEngine[Any]] = {
     "uuid": pg.UUID(as_uuid=False),
     "text": sa.Text(),
     "character varying": sa.Text(),
@@ -92,7 +93,9 @@ def _build(
             f"create it, or set {table_key} (and mapping.schema) to the table your platform uses",
         )
     _check_columns(schema, table, catalog, columns)
-    cols = [sa.Column(name, _TYPES.get(fmt, sa.types.NullType())) for name, (fmt, _) in catalog.items()]
+    cols = [
+        sa.Column(name, _TYPES.get(fmt, sa.types.NullType())) for name, (fmt, _) in catalog.items()
+    ]
     return MappedTable(
         sa.Table(table, metadata, *cols, schema=schema),
         {name: typname for name, (_, typname) in catalog.items()},
@@ -139,7 +142,9 @@ def reflect(conn: Connection, settings: Settings) -> MappedTables:
     documents = _build(conn, metadata, schema, d.table, "mapping.documents.table", doc_cols)
     c = m.chunks
     chunk_cols = [
-        (f"mapping.chunks.{k}", v) for k, v in c.model_dump(exclude={"table"}).items() if v is not None
+        (f"mapping.chunks.{k}", v)
+        for k, v in c.model_dump(exclude={"table"}).items()
+        if v is not None
     ]
     chunks = _build(conn, metadata, schema, c.table, "mapping.chunks.table", chunk_cols)
     embeddings = None

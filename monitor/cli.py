@@ -18,7 +18,9 @@ from rich.markup import escape
 
 from migrator import assess as assess_mod
 from migrator import calibrate as calibrate_mod
-from migrator import dataset, db, embedded, seed as seed_mod, settings as settings_mod
+from migrator import dataset, db, embedded
+from migrator import seed as seed_mod
+from migrator import settings as settings_mod
 from migrator.errors import UsageError, UuidguardError
 from migrator.idrule import IdRule
 from migrator.reports import assessment as assessment_report
@@ -31,7 +33,9 @@ app = typer.Typer(
     add_completion=False,
 )
 config_app = typer.Typer(help="Inspect the resolved configuration.", no_args_is_help=True)
-db_app = typer.Typer(help="The embedded PostgreSQL server (used when no DSN is configured).", no_args_is_help=True)
+db_app = typer.Typer(
+    help="The embedded PostgreSQL server (used when no DSN is configured).", no_args_is_help=True
+)
 app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
 
@@ -40,13 +44,21 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 ConfigOpt = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="TOML settings file (default: $UUIDGUARD_CONFIG or ./uuidguard.toml)."),
+    typer.Option(
+        "--config",
+        "-c",
+        help="TOML settings file (default: $UUIDGUARD_CONFIG or ./uuidguard.toml).",
+    ),
 ]
 DsnOpt = Annotated[
     str | None,
-    typer.Option("--dsn", help="PostgreSQL URL; without it the embedded server is used.", show_default=False),
+    typer.Option(
+        "--dsn", help="PostgreSQL URL; without it the embedded server is used.", show_default=False
+    ),
 ]
-DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")]
+DebugOpt = Annotated[
+    bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")
+]
 
 
 class Format(StrEnum):
@@ -166,20 +178,35 @@ def _fraction(name: str) -> Any:
 @app.command()
 def seed(
     documents: Annotated[int, typer.Option(min=0, help="Documents to create.")] = 10_000,
-    users: Annotated[int | None, typer.Option(min=1, help="Users (default: documents / 20).")] = None,
-    chunks_per_document: Annotated[float, typer.Option(min=1.0, help="Mean chunks per processed document (log-normal spread).")] = 10.0,
-    seed_: Annotated[int, typer.Option("--seed", help="Random seed: same seed and --as-of, same data.")] = 42,
-    as_of: Annotated[datetime | None, typer.Option(help="The dataset's 'now' (default: the current time).")] = None,
-    fk: Annotated[FkChoice, typer.Option(help="How chunks, embeddings and shares reference documents.")] = FkChoice.none,
+    users: Annotated[
+        int | None, typer.Option(min=1, help="Users (default: documents / 20).")
+    ] = None,
+    chunks_per_document: Annotated[
+        float, typer.Option(min=1.0, help="Mean chunks per processed document (log-normal spread).")
+    ] = 10.0,
+    seed_: Annotated[
+        int, typer.Option("--seed", help="Random seed: same seed and --as-of, same data.")
+    ] = 42,
+    as_of: Annotated[
+        datetime | None, typer.Option(help="The dataset's 'now' (default: the current time).")
+    ] = None,
+    fk: Annotated[
+        FkChoice, typer.Option(help="How chunks, embeddings and shares reference documents.")
+    ] = FkChoice.none,
     dim: Annotated[int, typer.Option(min=4, max=2000, help="Embedding dimensions.")] = 64,
     random_consistent: Annotated[float, _fraction("random_consistent")] = 0.12,
     random_mismatched: Annotated[float, _fraction("random_mismatched")] = 0.15,
     random_unprocessed: Annotated[float, _fraction("random_unprocessed")] = 0.05,
     conflict: Annotated[float, _fraction("conflict (documents in conflict groups)")] = 0.01,
     other: Annotated[float, _fraction("other")] = 0.005,
-    unmatched_orphans: Annotated[float, typer.Option(min=0.0, max=1.0, help="Deleted documents whose chunks remain, per document.")] = 0.005,
+    unmatched_orphans: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0, help="Deleted documents whose chunks remain, per document."),
+    ] = 0.005,
     replace: Annotated[bool, typer.Option(help="Drop existing reference tables first.")] = False,
-    manifest: Annotated[Path | None, typer.Option(help="Write the counts by class as JSON here.")] = None,
+    manifest: Annotated[
+        Path | None, typer.Option(help="Write the counts by class as JSON here.")
+    ] = None,
     config: ConfigOpt = None,
     dsn: DsnOpt = None,
     debug: DebugOpt = False,
@@ -216,7 +243,9 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def _seed(s: settings_mod.Settings, spec: dataset.DatasetSpec, fk: str, replace: bool) -> seed_mod.SeedResult:
+def _seed(
+    s: settings_mod.Settings, spec: dataset.DatasetSpec, fk: str, replace: bool
+) -> seed_mod.SeedResult:
     rule = IdRule(s.id_rule.namespace, s.id_rule.template)
     data = dataset.generate(spec, rule)
     engine = db.create_engine(s)
@@ -231,7 +260,9 @@ def _seed(s: settings_mod.Settings, spec: dataset.DatasetSpec, fk: str, replace:
 
 def _print_manifest(result: seed_mod.SeedResult) -> None:
     m = result.manifest
-    out.print(f"seeded in {result.seconds:.1f} s (foreign keys: {m['fk']}, embeddings as {m['vector_type']})")
+    out.print(
+        f"seeded in {result.seconds:.1f} s (foreign keys: {m['fk']}, embeddings as {m['vector_type']})"
+    )
     for section in ("documents", "chunks"):
         out.print(f"{section}: {m[section]['total']:,}")
         for cls, n in m[section]["by_class"].items():
@@ -241,7 +272,9 @@ def _print_manifest(result: seed_mod.SeedResult) -> None:
         f"embeddings: {e['total']:,} ({e['document_missing']:,} without their document, "
         f"{e['chunk_missing']:,} without their chunk)"
     )
-    out.print(f"shares: {m['shares']:,}   users: {m['users']['total']:,}   conflict groups: {m['conflicts']['groups']:,}")
+    out.print(
+        f"shares: {m['shares']:,}   users: {m['users']['total']:,}   conflict groups: {m['conflicts']['groups']:,}"
+    )
     if m["fk"] != "none":
         out.print(
             "foreign keys to documents were added NOT VALID: enforced for new rows, not checked "
@@ -255,7 +288,9 @@ def _print_manifest(result: seed_mod.SeedResult) -> None:
 
 @app.command()
 def calibrate(
-    since: Annotated[datetime | None, typer.Option(help="Only documents created at or after this time.")] = None,
+    since: Annotated[
+        datetime | None, typer.Option(help="Only documents created at or after this time.")
+    ] = None,
     examples: Annotated[int, typer.Option(min=0, help="Mismatches to show.")] = 10,
     format: Annotated[Format, typer.Option("--format")] = Format.md,
     config: ConfigOpt = None,
@@ -275,7 +310,7 @@ def calibrate(
 
 
 def _print_calibration(r: dict[str, Any]) -> None:
-    rule = f"uuid5({r['id_rule']['namespace']}, \"{r['id_rule']['template']}\")"
+    rule = f'uuid5({r["id_rule"]["namespace"]}, "{r["id_rule"]["template"]}")'
     if r["candidates"] == 0:
         out.print(
             f"no version-5 ids to check{' since ' + r['since'] if r['since'] else ''}: the rule "
@@ -291,7 +326,9 @@ def _print_calibration(r: dict[str, Any]) -> None:
     if r["calibrated"]:
         out.print("calibrated: migration may use this rule")
         return
-    out.print("NOT calibrated: fix id_rule.namespace or id_rule.template before migrating. Examples:")
+    out.print(
+        "NOT calibrated: fix id_rule.namespace or id_rule.template before migrating. Examples:"
+    )
     for miss in r["mismatches"]:
         out.print(
             f"  id {miss['id']}  user {miss['user_id']}  sha256 {miss['file_sha256'][:16]}…  "
@@ -306,8 +343,13 @@ def _print_calibration(r: dict[str, Any]) -> None:
 @app.command()
 def assess(
     format: Annotated[Format, typer.Option("--format", help="md (default) or json.")] = Format.md,
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Write assessment.md, assessment.json and users.csv here.")] = None,
-    users_csv: Annotated[Path | None, typer.Option("--users-csv", help="Write per-user impact as CSV here.")] = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out", help="Write assessment.md, assessment.json and users.csv here."),
+    ] = None,
+    users_csv: Annotated[
+        Path | None, typer.Option("--users-csv", help="Write per-user impact as CSV here.")
+    ] = None,
     config: ConfigOpt = None,
     dsn: DsnOpt = None,
     debug: DebugOpt = False,
@@ -334,7 +376,9 @@ def assess(
 
 @app.command()
 def demo(
-    documents: Annotated[int, typer.Option(min=1, help="Documents to seed when the database is empty.")] = 10_000,
+    documents: Annotated[
+        int, typer.Option(min=1, help="Documents to seed when the database is empty.")
+    ] = 10_000,
     reseed: Annotated[bool, typer.Option(help="Seed afresh even if the demo data exists.")] = False,
     config: ConfigOpt = None,
     dsn: DsnOpt = None,
@@ -346,7 +390,9 @@ def demo(
     err.print(f"[bold]uuidguard demo[/] on {target_of(s)}")
     engine = db.create_engine(s)
     if reseed or not _has_documents(engine, s):
-        spec = dataset.DatasetSpec(documents=documents, as_of=datetime.now(UTC).replace(microsecond=0))
+        spec = dataset.DatasetSpec(
+            documents=documents, as_of=datetime.now(UTC).replace(microsecond=0)
+        )
         _print_manifest(_seed(s, spec, "none", replace=True))
     else:
         err.print("reusing the seeded demo data (pass --reseed to start afresh)")
@@ -370,7 +416,9 @@ def _has_documents(engine: Any, s: settings_mod.Settings) -> bool:
         name = f"{conn.dialect.identifier_preparer.quote_schema(s.mapping.schema_)}." + (
             conn.dialect.identifier_preparer.quote(s.mapping.documents.table)
         )
-        return bool(conn.execute(sa.text("SELECT to_regclass(:n) IS NOT NULL"), {"n": name}).scalar_one())
+        return bool(
+            conn.execute(sa.text("SELECT to_regclass(:n) IS NOT NULL"), {"n": name}).scalar_one()
+        )
 
 
 # ------------------------------------------------------------------------------------ main

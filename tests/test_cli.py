@@ -1,0 +1,212 @@
+"""The `uuidguard` command as an operator runs it: real processes, real PostgreSQL."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from migrator.settings import Settings
+
+EXE = str(Path(sys.executable).parent / "uuidguard")
+
+
+def run(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("UUIDGUARD_")}
+    proc = subprocess.run(
+        [EXE, *args],
+        capture_output=True,
+        text=True,
+        env={**clean, **(env or {})},
+        cwd=cwd,
+        timeout=300,
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+def dsn(settings: Settings) -> str:
+    assert settings.database.dsn is not None
+    return settings.database.dsn.get_secret_value()
+
+
+@pytest.fixture
+def seeded(settings: Settings, tmp_path: Path) -> tuple[str, dict]:
+    url = dsn(settings)
+    manifest = tmp_path / "manifest.json"
+    proc = run(
+        "seed",
+        "--documents",
+        "500",
+        "--seed",
+        "3",
+        "--fk",
+        "deferrable",
+        "--manifest",
+        str(manifest),
+        "--dsn",
+        url,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "documents: 500" in proc.stdout
+    return url, json.loads(manifest.read_text())
+
+
+def test_assess_json_has_the_stable_keys(seeded: tuple[str, dict]) -> None:
+    """`assess --format json` carries every key the issue fixes, with the manifest's counts."""
+    url, manifest = seeded
+    proc = run("assess", "--format", "json", "--dsn", url)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)
+    assert r["documents"]["by_class"] == manifest["documents"]["by_class"]
+    assert r["chunks"]["by_class"] == manifest["chunks"]["by_class"]
+    for key in ("total", "affected", "invisible_documents"):
+        assert isinstance(r["users"][key], int)
+    assert isinstance(r["storage"]["affected_bytes"], int) and r["storage"]["affected_bytes"] > 0
+    assert isinstance(r["priority"]["documents"], int)
+    assert r["conflicts"]["groups"] == manifest["conflicts"]["groups"]
+    assert "per_user" not in r
+
+
+def test_assess_out_writes_three_files(seeded: tuple[str, dict], tmp_path: Path) -> None:
+    """`--out DIR` writes the Markdown, the JSON and the per-user CSV; stdout has the Markdown."""
+    url, _ = seeded
+    out = tmp_path / "report"
+    extra = tmp_path / "users-extra.csv"
+    proc = run("assess", "--out", str(out), "--users-csv", str(extra), "--dsn", url)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("# UUID damage assessment")
+    assert sorted(p.name for p in out.iterdir()) == [
+        "assessment.json",
+        "assessment.md",
+        "users.csv",
+    ]
+    assert "## Documents by class" in (out / "assessment.md").read_text()
+    rows = list(csv.DictReader((out / "users.csv").open()))
+    affected = json.loads((out / "assessment.json").read_text())["users"]["affected"]
+    assert len(rows) == affected
+    assert set(rows[0]) >= {"user_id", "documents", "affected", "invisible", "invisible_share"}
+    assert extra.read_text() == (out / "users.csv").read_text()
+
+
+def test_calibrate_passes_on_the_right_rule_and_fails_on_a_wrong_one(
+    seeded: tuple[str, dict],
+) -> None:
+    """The seed's rule calibrates at 100%; another namespace reproduces nothing and exits 1."""
+    url, manifest = seeded
+    ok = run("calibrate", "--dsn", url)
+    assert ok.returncode == 0, ok.stderr
+    assert "(100.00%)" in ok.stdout
+    wrong = run(
+        "calibrate",
+        "--format",
+        "json",
+        "--dsn",
+        url,
+        env={"UUIDGUARD_ID_RULE__NAMESPACE": "6ba7b810-9dad-11d1-80b4-00c04fd430c8"},
+    )
+    assert wrong.returncode == 1
+    r = json.loads(wrong.stdout)
+    assert (
+        r["reproduced"] == 0
+        and r["candidates"] == manifest["documents"]["by_class"]["deterministic"]
+    )
+    assert r["mismatches"]
+
+
+def test_config_show_masks_the_password() -> None:
+    """`config show` prints the resolved settings without the DSN's password."""
+    proc = run("config", "show", "--dsn", "postgresql://app:hunter2@db:5432/rag")
+    assert proc.returncode == 0, proc.stderr
+    assert "hunter2" not in proc.stdout
+    assert "app:***@db:5432/rag" in proc.stdout
+    assert "[mapping.documents]" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "needle"),
+    [
+        (
+            ["assess", "--dsn", "postgresql://postgres@127.0.0.1:1/none"],
+            {},
+            "cannot connect to the database",
+        ),
+        (["assess", "--dsn", "not a url"], {}, "config database.dsn"),
+        (["assess", "--config", "/nonexistent/uuidguard.toml"], {}, "does not exist"),
+        (
+            [
+                "seed",
+                "--random-mismatched",
+                "0.9",
+                "--random-consistent",
+                "0.5",
+                "--dsn",
+                "postgresql://x@127.0.0.1:1/y",
+            ],
+            {},
+            "add up to",
+        ),
+    ],
+    ids=["unreachable", "bad-dsn", "missing-config", "shares-over-one"],
+)
+def test_bad_input_is_one_clear_line(args: list[str], env: dict[str, str], needle: str) -> None:
+    """Bad input: one line naming the cause and the fix, a non-zero exit, no traceback."""
+    proc = run(*args, env=env)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert needle in lines[0] and "Fix:" in lines[0]
+
+
+def test_missing_table_and_column_name_the_config_key(settings: Settings) -> None:
+    """An empty database, then a renamed column: each error names the object and the key to fix."""
+    url = dsn(settings)
+    proc = run("assess", "--dsn", url)
+    assert proc.returncode == 2
+    assert "public.documents" in proc.stderr and "mapping.documents.table" in proc.stderr
+    assert run("seed", "--documents", "20", "--dsn", url).returncode == 0
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE document_chunks RENAME COLUMN document_id TO doc_id")
+    proc = run("assess", "--dsn", url)
+    assert proc.returncode == 2
+    assert "public.document_chunks.document_id" in proc.stderr
+    assert "mapping.chunks.document_id" in proc.stderr and "doc_id" in proc.stderr
+    fixed = run("assess", "--dsn", url, env={"UUIDGUARD_MAPPING__CHUNKS__DOCUMENT_ID": "doc_id"})
+    assert fixed.returncode == 0, fixed.stderr
+
+
+def test_seed_twice_needs_replace(seeded: tuple[str, dict]) -> None:
+    """Seeding over existing data is refused with the flag to pass; nothing is dropped."""
+    url, _ = seeded
+    proc = run("seed", "--documents", "10", "--dsn", url)
+    assert proc.returncode == 2 and "--replace" in proc.stderr
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM documents").fetchone() == (500,)
+
+
+def test_demo_on_the_embedded_server_then_stop(tmp_path: Path) -> None:
+    """`demo` starts the embedded server, seeds and assesses; later commands reuse it; `db stop` ends it."""
+    env = {"UUIDGUARD_DATABASE__STATE_DIR": str(tmp_path / "state")}
+    try:
+        proc = run("demo", "--documents", "300", env=env, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert "# UUID damage assessment" in proc.stdout or "UUID damage assessment" in proc.stdout
+        assert "documents: 300" in proc.stdout
+        status = run("db", "status", env=env, cwd=tmp_path)
+        assert status.returncode == 0 and "running" in status.stdout
+        again = run("assess", "--format", "json", env=env, cwd=tmp_path)
+        assert json.loads(again.stdout)["documents"]["total"] == 300
+        reuse = run("demo", env=env, cwd=tmp_path)
+        assert "reusing the seeded demo data" in reuse.stderr
+    finally:
+        stop = run("db", "stop", env=env, cwd=tmp_path)
+    assert stop.returncode == 0 and "stopped" in stop.stdout
+    assert run("db", "status", env=env, cwd=tmp_path).returncode == 1
