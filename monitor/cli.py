@@ -132,18 +132,28 @@ def _toml_value(v: object) -> str:
 # -------------------------------------------------------------------------------------- db
 
 
+def _embedded_settings(config: Path | None, dsn: str | None) -> settings_mod.Settings:
+    s = load(config, dsn)
+    if s.database.dsn is not None:
+        raise UsageError(
+            f"database.dsn is set ({target_of(s)}), so the embedded server is not in use",
+            "unset database.dsn (and UUIDGUARD_DATABASE__DSN) to work with the embedded server",
+        )
+    return s
+
+
 @db_app.command("start")
-def db_start(config: ConfigOpt = None, debug: DebugOpt = False) -> None:
+def db_start(config: ConfigOpt = None, dsn: DsnOpt = None, debug: DebugOpt = False) -> None:
     """Start the embedded PostgreSQL (or find it running) and print its URL."""
-    s = load(config, None)
+    s = _embedded_settings(config, dsn)
     server = embedded.ensure_running(s.database.state_dir)
     out.print(f"embedded PostgreSQL running (pid {server.pid}): {server.uri}", markup=False)
 
 
 @db_app.command("status")
-def db_status(config: ConfigOpt = None, debug: DebugOpt = False) -> None:
+def db_status(config: ConfigOpt = None, dsn: DsnOpt = None, debug: DebugOpt = False) -> None:
     """Say whether the embedded PostgreSQL is running. Exit 1 if it is not."""
-    s = load(config, None)
+    s = _embedded_settings(config, dsn)
     server = embedded.status(s.database.state_dir)
     if server is None:
         out.print(f"embedded PostgreSQL in {s.database.state_dir} is not running")
@@ -152,9 +162,9 @@ def db_status(config: ConfigOpt = None, debug: DebugOpt = False) -> None:
 
 
 @db_app.command("stop")
-def db_stop(config: ConfigOpt = None, debug: DebugOpt = False) -> None:
+def db_stop(config: ConfigOpt = None, dsn: DsnOpt = None, debug: DebugOpt = False) -> None:
     """Stop the embedded PostgreSQL cleanly."""
-    s = load(config, None)
+    s = _embedded_settings(config, dsn)
     if embedded.stop(s.database.state_dir):
         out.print("embedded PostgreSQL stopped")
     else:

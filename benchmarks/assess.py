@@ -1,0 +1,640 @@
+"""Benchmark of the damage assessment (`migrator.assess.run`) and where its time goes.
+
+For each target chunk count (`--sizes`) the script seeds a fresh database with the reference
+dataset (`migrator.dataset`, about 9.3 chunks per document and one embedding per chunk), then
+measures:
+
+- seed: the wall time of `migrator.seed.seed` (COPY of every table, keys and indexes, ANALYZE);
+- assess: the wall time of `assess.run`, the median of `--repeat` runs; the document and chunk
+  classes it reports must equal the dataset's manifest, or the script fails;
+- baseline: the naive approach the assessment replaces, "row-by-row Python": every document
+  (id, user_id, file_sha256) and every chunk's document_id streamed out of PostgreSQL with plain
+  SELECTs on server-side cursors, rule ids computed with `IdRule` in Python and the documents and
+  chunks classified in dicts and sets by the taxonomy of DESIGN §2.3; it must produce the same
+  counts, so the speed-up (baseline / assess) compares like with like;
+- growth: seconds per million chunks at each size, and the ratio of that cost at the largest size
+  to the smallest (the target is no worse than linear: a ratio of about 1.2 at most);
+- where the time goes at the largest size: every statement the assessment sends through
+  SQLAlchemy is timed with engine events, plus the one step that bypasses them (rule ids computed
+  in Python and sent back with COPY); the top three and the plan of the slowest are reported.
+
+Results go to the "## Assessment (benchmarks/assess.py)" section of docs/performance.md; other
+"## " sections of that file are kept as they are.
+
+Run it from the project root (a default run takes about a quarter of an hour on 2 cores):
+
+    .venv/bin/python benchmarks/assess.py
+    .venv/bin/python benchmarks/assess.py --sizes 20000,100000 --repeat 1 --no-write
+
+Without `--dsn` it starts its own embedded PostgreSQL under `--state-dir` (a temporary directory
+by default) and stops it at the end; with `--dsn` it uses that server. Either way it creates one
+database per size (`bench_assess_<chunks>_<pid>`) and drops it afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import re
+import shlex
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import psycopg
+import sqlalchemy as sa
+from psycopg import sql
+from sqlalchemy.engine import Connection, Engine, make_url
+
+from migrator import assess, dataset, db, embedded, ruleids, seed
+from migrator import settings as settings_mod
+from migrator.idrule import UUID_V4_PATTERN, IdRule
+
+CHUNKS_PER_DOCUMENT = 9.3
+SECTION = "Assessment (benchmarks/assess.py)"
+DEFAULT_OUT = Path(__file__).resolve().parent.parent / "docs" / "performance.md"
+TARGET_SECONDS_AT_1M = 10.0
+TARGET_GROWTH = 1.2
+_FETCH = 50_000
+_MIGRATOR_DIR = Path(assess.__file__).resolve().parent
+#: frames in these modules only relay a statement; the caller above them is the one to name
+_RELAY_MODULES = {"db.py", "sqlutil.py"}
+_V4 = re.compile(UUID_V4_PATTERN)
+
+
+class BenchmarkError(Exception):
+    """The benchmark cannot go on, or a result is wrong: the message says which."""
+
+
+def log(message: str) -> None:
+    print(f"[{datetime.now(UTC):%H:%M:%S}] {message}", file=sys.stderr, flush=True)
+
+
+# --- where an assessment's time goes -----------------------------------------------------------
+
+
+@dataclass
+class Statement:
+    """One statement text as issued from one place in migrator/, with its summed time."""
+
+    text: str
+    caller: str
+    seconds: float = 0.0
+    calls: int = 0
+    params: Any = None
+
+
+@dataclass
+class Profile:
+    """Per-statement timings of one assessment run, and the plan of the slowest SELECT."""
+
+    statements: dict[tuple[str, str], Statement] = field(default_factory=dict)
+    plan: str | None = None
+    plan_of: tuple[str, str] | None = None
+
+    def top(self, n: int) -> list[Statement]:
+        return sorted(self.statements.values(), key=lambda s: s.seconds, reverse=True)[:n]
+
+    def add(self, text: str, caller: str, seconds: float, params: Any) -> None:
+        st = self.statements.setdefault((caller, text), Statement(text, caller, params=params))
+        st.seconds += seconds
+        st.calls += 1
+
+
+def _caller() -> str:
+    """The innermost migrator/ frame that is not a mere relay, as `migrator/file.py:line (func)`."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        path = Path(frame.f_code.co_filename)
+        if path.parent == _MIGRATOR_DIR and path.name not in _RELAY_MODULES:
+            return f"migrator/{path.name}:{frame.f_lineno} ({frame.f_code.co_name})"
+        frame = frame.f_back  # type: ignore[assignment]
+    return "?"
+
+
+@contextlib.contextmanager
+def profiled(engine: Engine, explain: bool) -> Iterator[Profile]:
+    """Time every statement sent through `engine`, and the Python rule-id step beside them.
+
+    With `explain`, the plan of the slowest SELECT is taken just before the assessment's
+    transaction commits, while its temporary tables still exist (EXPLAIN only: nothing runs twice).
+    """
+    profile = Profile()
+    started: dict[int, tuple[float, str]] = {}
+
+    def before(conn: Connection, cursor: Any, statement: str, *args: Any) -> None:
+        started[id(cursor)] = (time.perf_counter(), _caller())
+
+    def after(conn: Connection, cursor: Any, statement: str, params: Any, *args: Any) -> None:
+        t0, caller = started.pop(id(cursor))
+        profile.add(" ".join(statement.split()), caller, time.perf_counter() - t0, params)
+
+    def before_commit(conn: Connection) -> None:
+        selects = [s for s in profile.top(len(profile.statements)) if s.text.startswith("SELECT")]
+        if not explain or not selects:
+            return
+        slowest = selects[0]
+        raw = db.raw_connection(conn)
+        try:
+            with raw.cursor() as cur:
+                cur.execute(f"EXPLAIN {slowest.text}", slowest.params)  # type: ignore[call-overload]
+                profile.plan = "\n".join(r[0] for r in cur.fetchall())
+                profile.plan_of = (slowest.caller, slowest.text)
+        except psycopg.Error as exc:
+            profile.plan = f"(EXPLAIN failed: {exc})"
+
+    copy_step = ruleids._copy_from_python
+
+    def timed_copy(*args: Any, **kwargs: Any) -> None:
+        t0 = time.perf_counter()
+        copy_step(*args, **kwargs)
+        profile.add(
+            "rule ids: uuid5 in Python over a server-side cursor, COPY into ug_rule",
+            "migrator/ruleids.py (_copy_from_python)",
+            time.perf_counter() - t0,
+            None,
+        )
+
+    sa.event.listen(engine, "before_cursor_execute", before)
+    sa.event.listen(engine, "after_cursor_execute", after)
+    sa.event.listen(engine, "commit", before_commit)
+    try:
+        with mock.patch.object(ruleids, "_copy_from_python", timed_copy):
+            yield profile
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", before)
+        sa.event.remove(engine, "after_cursor_execute", after)
+        sa.event.remove(engine, "commit", before_commit)
+
+
+# --- the baseline: row-by-row Python -----------------------------------------------------------
+
+
+def row_by_row(dsn: str, settings: settings_mod.Settings) -> dict[str, dict[str, int]]:
+    """Classify documents and chunks in Python from plain SELECTs; counts as the report has them.
+
+    The rules are those of DESIGN §2.3 as `migrator.assess` applies them (keys compared as
+    lower-case text). Which member of a free conflict group is re-keyed does not change any count
+    here: every member shares the rule id, so the chunks under it are healable either way.
+    """
+    m = settings.mapping
+    schema = sql.Identifier(m.schema_)
+    d, c = m.documents, m.chunks
+    rule = IdRule(settings.id_rule.namespace, settings.id_rule.template)
+    new_id = rule.new_id
+    docs_q = sql.SQL("SELECT {id}::text, {user}::text, {sha}::text FROM {schema}.{table}").format(
+        id=sql.Identifier(d.id),
+        user=sql.Identifier(d.user_id),
+        sha=sql.Identifier(d.file_sha256),
+        schema=schema,
+        table=sql.Identifier(d.table),
+    )
+    chunks_q = sql.SQL("SELECT {ref}::text FROM {schema}.{table}").format(
+        ref=sql.Identifier(c.document_id), schema=schema, table=sql.Identifier(c.table)
+    )
+    docs: list[tuple[str, str | None, bool]] = []  # key, rule id, is v4
+    chunks_by_ref: Counter[str | None] = Counter()
+    with psycopg.connect(dsn) as conn:
+        with conn.cursor(name="bench_docs") as cur:
+            cur.itersize = _FETCH
+            cur.execute(docs_q)
+            for doc_id, user, sha in cur:
+                key = doc_id.lower()
+                rid = None if user is None or sha is None else str(new_id(user, sha))
+                docs.append((key, rid, _V4.match(key) is not None))
+        with conn.cursor(name="bench_chunks") as cur:
+            cur.itersize = _FETCH
+            cur.execute(chunks_q)
+            for (ref,) in cur:
+                chunks_by_ref[None if ref is None else ref.lower()] += 1
+
+    keys = {key for key, _, _ in docs}
+    # v4 documents competing for a rule id that is not their own
+    group = Counter(rid for key, rid, v4 in docs if v4 and rid is not None and rid != key)
+    by_class = dict.fromkeys(dataset.DOCUMENT_CLASSES, 0)
+    healable: set[str] = set()
+    for key, rid, v4 in docs:
+        if rid == key:
+            cls = "deterministic"
+        elif not v4 or rid is None:
+            cls = "other"
+        else:
+            taken = rid in keys
+            if not taken:
+                healable.add(rid)  # one member of the group is re-keyed onto it
+            if taken or group[rid] > 1:
+                cls = "conflict"
+            elif chunks_by_ref[key] > 0:
+                cls = "random_consistent"
+            elif chunks_by_ref[rid] > 0:
+                cls = "random_mismatched"
+            else:
+                cls = "random_unprocessed"
+        by_class[cls] += 1
+    chunks = dict.fromkeys(dataset.CHUNK_CLASSES, 0)
+    for ref, n in chunks_by_ref.items():
+        if ref in keys:
+            chunks["attached"] += n
+        elif ref in healable:
+            chunks["orphan_healable"] += n
+        else:
+            chunks["orphan_unmatched"] += n
+    return {"documents": by_class, "chunks": chunks}
+
+
+# --- servers and databases ---------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def server(dsn: str | None, state_dir: Path | None) -> Iterator[str]:
+    """The URL of a maintenance database: `dsn`'s server, or an embedded one started here."""
+    if dsn is not None:
+        yield dsn
+        return
+    made = state_dir is None
+    state = Path(tempfile.mkdtemp(prefix="uuidguard-bench-")) if state_dir is None else state_dir
+    if made:
+        state.chmod(0o755)  # as root the server runs as its own user, which must reach pgdata
+    if embedded.status(state) is not None:
+        raise BenchmarkError(f"a server is already running under {state}; give another --state-dir")
+    log(f"starting embedded PostgreSQL under {state}")
+    try:
+        yield embedded.ensure_running(state).uri
+    finally:
+        embedded.stop(state)
+        log("embedded PostgreSQL stopped")
+        if made:
+            shutil.rmtree(state, ignore_errors=True)
+
+
+def with_database(url: str, name: str) -> str:
+    return make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+def _admin(url: str, statement: sql.Composable) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(statement)
+
+
+@contextlib.contextmanager
+def fresh_database(admin_url: str, name: str) -> Iterator[str]:
+    ident = sql.Identifier(name)
+    _admin(admin_url, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
+    _admin(admin_url, sql.SQL("CREATE DATABASE {}").format(ident))
+    try:
+        yield with_database(admin_url, name)
+    finally:
+        _admin(admin_url, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
+
+
+# --- one size ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    target: int
+    chunks: int
+    documents: int
+    seed_seconds: float
+    assess_runs: list[float]
+    baseline_seconds: float | None
+    profile: Profile
+
+    @property
+    def assess_seconds(self) -> float:
+        return statistics.median(self.assess_runs)
+
+    @property
+    def per_million(self) -> float:
+        return self.assess_seconds / (self.chunks / 1_000_000)
+
+
+def _check(what: str, got: dict[str, int], expected: dict[str, int]) -> None:
+    if got != expected:
+        diff = {k: (got.get(k), expected.get(k)) for k in expected if got.get(k) != expected.get(k)}
+        raise BenchmarkError(f"{what} differ from the manifest (got, expected): {diff}")
+
+
+def measure(admin_url: str, target: int, opts: argparse.Namespace, largest: bool) -> Result:
+    documents = round(target / CHUNKS_PER_DOCUMENT)
+    with fresh_database(admin_url, f"bench_assess_{target}_{os.getpid()}") as url:
+        settings = settings_mod.load_settings(None, database={"dsn": url})
+        rule = IdRule(settings.id_rule.namespace, settings.id_rule.template)
+        t0 = time.perf_counter()
+        spec = dataset.DatasetSpec(documents=documents, as_of=datetime.now(UTC))
+        ds = dataset.generate(spec, rule)
+        manifest = ds.manifest
+        chunks = manifest["chunks"]["total"]
+        log(f"{target:,}: generated {documents:,} documents, {chunks:,} chunks in {time.perf_counter() - t0:.1f}s")
+        engine = db.create_engine(settings)
+        try:
+
+            def progress(done: int) -> None:
+                if done % 1_000_000 == 0:
+                    log(f"{target:,}: seeded {done:,} chunks")
+
+            t0 = time.perf_counter()
+            with db.connect(engine) as conn:
+                seed.seed(conn, ds, settings.mapping.schema_, "none", replace=True, progress=progress)
+            seed_seconds = time.perf_counter() - t0
+            del ds
+            log(f"{target:,}: seed {seed_seconds:.1f}s")
+
+            runs: list[float] = []
+            profile = Profile()
+            for i in range(opts.repeat):
+                last = i == opts.repeat - 1 or sum(runs) >= opts.assess_budget
+                with profiled(engine, explain=largest) as profile:
+                    t0 = time.perf_counter()
+                    report = assess.run(engine, settings)
+                    runs.append(time.perf_counter() - t0)
+                _check("assess documents.by_class", report["documents"]["by_class"], manifest["documents"]["by_class"])
+                _check("assess chunks.by_class", report["chunks"]["by_class"], manifest["chunks"]["by_class"])
+                log(f"{target:,}: assess run {i + 1}: {runs[-1]:.2f}s")
+                if sum(runs) >= opts.assess_budget and not last:
+                    log(f"{target:,}: assess budget of {opts.assess_budget:.0f}s spent; no more repeats")
+                    break
+        finally:
+            engine.dispose()
+
+        baseline: float | None = None
+        if chunks <= opts.baseline_max_chunks:
+            t0 = time.perf_counter()
+            counts = row_by_row(url, settings)
+            baseline = time.perf_counter() - t0
+            _check("baseline documents.by_class", counts["documents"], manifest["documents"]["by_class"])
+            _check("baseline chunks.by_class", counts["chunks"], manifest["chunks"]["by_class"])
+            log(f"{target:,}: baseline {baseline:.2f}s")
+        else:
+            log(f"{target:,}: baseline skipped (more than {opts.baseline_max_chunks:,} chunks)")
+    return Result(target, chunks, documents, seed_seconds, runs, baseline, profile)
+
+
+# --- the machine -------------------------------------------------------------------------------
+
+
+def machine(admin_url: str) -> dict[str, str]:
+    cpu = platform.processor() or "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    memory = "unknown"
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory = f"{int(line.split()[1]) / 1024**2:.1f} GiB"
+                break
+    with psycopg.connect(admin_url) as conn:
+        row = conn.execute("SHOW server_version").fetchone()
+        settings = dict(
+            conn.execute(  # type: ignore[arg-type]
+                "SELECT name, current_setting(name) FROM pg_settings WHERE name IN"
+                " ('shared_buffers', 'work_mem', 'temp_buffers')"
+            ).fetchall()
+        )
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "cpus": str(cpus),
+        "cpu": cpu,
+        "memory": memory,
+        "postgres": str(row[0]) if row else "unknown",
+        "pg_settings": ", ".join(f"{k} {v}" for k, v in sorted(settings.items())),
+    }
+
+
+# --- the document ------------------------------------------------------------------------------
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    return "—" if value is None else f"{value:,.{digits}f}"
+
+
+def _nearest_1m(results: list[Result]) -> Result | None:
+    near = [r for r in results if 500_000 <= r.chunks <= 2_000_000]
+    return min(near, key=lambda r: abs(r.chunks - 1_000_000)) if near else None
+
+
+def _short(text: str, width: int = 110) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def render(results: list[Result], info: dict[str, str], command: str, opts: argparse.Namespace, embedded_server: bool) -> str:
+    now = datetime.now(UTC)
+    where = "embedded server, default settings" if embedded_server else "server given by --dsn"
+    out = [
+        f"## {SECTION}",
+        "",
+        f"- Date: {now:%Y-%m-%d %H:%M} UTC",
+        f"- Machine: {info['cpus']} CPUs (`nproc`), {info['cpu']}, {info['memory']} memory",
+        f"- PostgreSQL {info['postgres']} ({where}: {info['pg_settings']})",
+        "- Reproduce (from the project root):",
+        "",
+        "  ```sh",
+        f"  {command}",
+        "  ```",
+        "",
+        "Each size is seeded into a fresh database with the reference dataset (`migrator.dataset`,"
+        " about 9.3 chunks per document, one embedding per chunk, the FK mode `none`). *Assess* is"
+        f" the wall time of `assess.run`, the median of up to {opts.repeat} runs (fewer once"
+        f" {opts.assess_budget:.0f} s are spent at one size; the count is in brackets); every run's"
+        " document and chunk classes equal the dataset's manifest. The *baseline* is the"
+        " row-by-row Python approach the issue rules out: all documents and all chunk"
+        " `document_id`s streamed with plain SELECTs over server-side cursors, uuid5 rule ids"
+        " computed with `IdRule`, documents and chunks classified in Python dicts and sets; it"
+        " must produce the same class counts.",
+        "",
+        "| chunks | documents | seed seconds | assess seconds (median) | baseline seconds"
+        " | speed-up (baseline/assess) | seconds per 1M chunks |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        speedup = None if r.baseline_seconds is None else r.baseline_seconds / r.assess_seconds
+        out.append(
+            f"| {r.chunks:,} | {r.documents:,} | {_num(r.seed_seconds, 1)}"
+            f" | {_num(r.assess_seconds)} ({len(r.assess_runs)}) | {_num(r.baseline_seconds)}"
+            f" | {'—' if speedup is None else f'{speedup:.2f}×'} | {_num(r.per_million)} |"
+        )
+    skipped = [r for r in results if r.baseline_seconds is None]
+    if skipped:
+        out += [
+            "",
+            f"The baseline was not run above {opts.baseline_max_chunks:,} chunks"
+            " (`--baseline-max-chunks`), to keep the run bounded.",
+        ]
+    out += ["", *_verdict(results)]
+    out += ["", *_limits(results[-1])]
+    return "\n".join(out) + "\n"
+
+
+def _verdict(results: list[Result]) -> list[str]:
+    lines = []
+    at_1m = _nearest_1m(results)
+    if at_1m is None:
+        lines.append("Target at 1M chunks (assess under 10 s): not measured in this run.")
+    else:
+        met = "met" if at_1m.assess_seconds < TARGET_SECONDS_AT_1M else "**missed**"
+        lines.append(
+            f"Target at 1M chunks (assess under {TARGET_SECONDS_AT_1M:.0f} s on this machine):"
+            f" {met} — {at_1m.assess_seconds:.2f} s at {at_1m.chunks:,} chunks."
+        )
+    if len(results) >= 2:
+        small, large = results[0], results[-1]
+        growth = large.per_million / small.per_million
+        met = "met" if growth <= TARGET_GROWTH else "**missed**"
+        lines.append(
+            f"Growth (target: no worse than linear, ratio ≤ {TARGET_GROWTH}): {met} — the cost per"
+            f" chunk at {large.chunks:,} chunks is {growth:.2f}× that at {small.chunks:,}"
+            f" ({large.per_million:.2f} s against {small.per_million:.2f} s per 1M chunks)."
+        )
+    compared = [r for r in results if r.baseline_seconds is not None]
+    if compared:
+        ratios = ", ".join(
+            f"{r.baseline_seconds / r.assess_seconds:.2f}× at {r.chunks:,}"  # type: ignore[operator]
+            for r in compared
+        )
+        lines.append(f"Against the row-by-row baseline: {ratios} (above 1 means assess is faster).")
+    return [" ".join(lines)]
+
+
+def _limits(r: Result) -> list[str]:
+    p = r.profile
+    total = r.assess_runs[-1]
+    if not p.statements:
+        return []
+    top = p.top(3)
+    traced = sum(s.seconds for s in p.statements.values())
+    shares = ", ".join(f"{s.seconds / total:.0%}" for s in top)
+    lines = [
+        f"### Where the assessment's time goes ({r.chunks:,} chunks)",
+        "",
+        f"Timed in the last run ({total:.2f} s): SQLAlchemy `before_cursor_execute` /"
+        " `after_cursor_execute` events around each of the"
+        f" {sum(s.calls for s in p.statements.values())} statements, plus the Python rule-id step"
+        f" (raw psycopg, outside those events); together they cover {traced / total:.0%} of the"
+        f" run. The three most expensive take {shares} of it:",
+        "",
+        "| # | issued by | statement | calls | seconds | share |",
+        "|---:|---|---|---:|---:|---:|",
+    ]
+    for i, s in enumerate(top, 1):
+        text = _short(s.text).replace("|", "\\|")
+        lines.append(
+            f"| {i} | `{s.caller}` | `{text}` | {s.calls} | {s.seconds:.2f} | {s.seconds / total:.1%} |"
+        )
+    if p.plan is not None and p.plan_of is not None:
+        lines += [
+            "",
+            f"Plan of the slowest SELECT (`{p.plan_of[0]}`), from EXPLAIN inside the"
+            " assessment's transaction:",
+            "",
+            "```text",
+            p.plan,
+            "```",
+        ]
+    return lines
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace this benchmark's "## " section of `path`, or add it; keep every other section."""
+    text = path.read_text() if path.exists() else ""
+    head: list[str] = []
+    sections: list[list[str]] = []
+    for line in text.splitlines():
+        if line.startswith("## "):
+            sections.append([line])
+        elif sections:
+            sections[-1].append(line)
+        else:
+            head.append(line)
+    if not any(line.startswith("# ") for line in head):
+        head = ["# Performance", "", *head]
+    block = section.rstrip("\n").splitlines()
+    for i, sec in enumerate(sections):
+        if sec[0][3:].strip() == SECTION:
+            sections[i] = block
+            break
+    else:
+        sections.append(block)
+    parts = ["\n".join(head).strip("\n")] + ["\n".join(s).strip("\n") for s in sections]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n\n".join(parts) + "\n")
+
+
+# --- entry point -------------------------------------------------------------------------------
+
+
+def _sizes(value: str) -> list[int]:
+    try:
+        sizes = [int(v.replace("_", "")) for v in value.split(",") if v.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {value!r}") from exc
+    if not sizes or min(sizes) < 10:
+        raise argparse.ArgumentTypeError("give at least one size of 10 chunks or more")
+    return sorted(set(sizes))
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--sizes", type=_sizes, default=_sizes("100000,1000000,5000000"),
+                   help="comma-separated target chunk counts (default: %(default)s)")
+    p.add_argument("--state-dir", type=Path, default=None,
+                   help="where the embedded server keeps its data (default: a temporary directory)")
+    p.add_argument("--dsn", default=None,
+                   help="use this PostgreSQL server instead of an embedded one")
+    p.add_argument("--repeat", type=int, default=3, help="assess runs per size; the median counts")
+    p.add_argument("--assess-budget", type=float, default=240.0,
+                   help="stop repeating assess at one size once its runs took this many seconds")
+    p.add_argument("--baseline-max-chunks", type=int, default=1_000_000,
+                   help="skip the row-by-row baseline above this many chunks")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the Markdown file to update")
+    p.add_argument("--no-write", action="store_true", help="print the section instead of writing it")
+    opts = p.parse_args(argv)
+    if opts.repeat < 1:
+        p.error("--repeat must be at least 1")
+    if opts.state_dir is not None and opts.dsn is not None:
+        p.error("--state-dir and --dsn exclude each other")
+    if opts.state_dir is not None and opts.state_dir.resolve() == (Path.cwd() / ".uuidguard").resolve():
+        p.error("--state-dir .uuidguard belongs to the uuidguard CLI; pick another directory")
+    return opts
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    opts = parse_args(args)
+    command = shlex.join([".venv/bin/python", "benchmarks/assess.py", *args])
+    started = time.perf_counter()
+    results: list[Result] = []
+    try:
+        with server(opts.dsn, opts.state_dir) as admin_url:
+            info = machine(admin_url)
+            log(f"PostgreSQL {info['postgres']}; sizes {', '.join(f'{s:,}' for s in opts.sizes)}")
+            for i, target in enumerate(opts.sizes):
+                results.append(measure(admin_url, target, opts, largest=i == len(opts.sizes) - 1))
+    except BenchmarkError as exc:
+        log(f"FAILED: {exc}")
+        return 1
+    section = render(results, info, command, opts, embedded_server=opts.dsn is None)
+    if opts.no_write:
+        print(section)
+    else:
+        write_section(opts.out, section)
+        log(f"wrote {opts.out}")
+    log(f"done in {time.perf_counter() - started:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
