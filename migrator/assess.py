@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.engine import Connection, Engine
 
 from migrator import db, idrule, ruleids
@@ -58,28 +59,28 @@ def assess(conn: Connection, settings: Settings, now: datetime) -> dict[str, Any
     # chunks and embeddings grouped by the document id they carry: one pass over each table
     ch = mt.chunks
     chunk_ref = key(ch.c(settings.mapping.chunks.document_id))
-    cg = temp_table_as(
+    cg = _with_bytes(
         conn,
-        "ug_chunk_groups",
-        sa.select(
-            chunk_ref.label("ref"),
-            sa.func.count().label("n"),
-            sa.func.sum(sa.func.pg_column_size(ch.table.table_valued())).label("bytes"),
-        ).group_by(chunk_ref),
+        temp_table_as(
+            conn,
+            "ug_chunk_groups",
+            sa.select(chunk_ref.label("ref"), sa.func.count().label("n")).group_by(chunk_ref),
+        ),
+        ch.table,
     )
     eg = None
     emb_chunk_missing = 0
     if mt.embeddings is not None and settings.mapping.embeddings is not None:
         em, emap = mt.embeddings, settings.mapping.embeddings
         emb_ref = key(em.c(emap.document_id))
-        eg = temp_table_as(
+        eg = _with_bytes(
             conn,
-            "ug_embedding_groups",
-            sa.select(
-                emb_ref.label("ref"),
-                sa.func.count().label("n"),
-                sa.func.sum(sa.func.pg_column_size(em.table.table_valued())).label("bytes"),
-            ).group_by(emb_ref),
+            temp_table_as(
+                conn,
+                "ug_embedding_groups",
+                sa.select(emb_ref.label("ref"), sa.func.count().label("n")).group_by(emb_ref),
+            ),
+            em.table,
         )
         if emap.chunk_id is not None:
             chunk_exists = sa.exists().where(
@@ -104,8 +105,24 @@ def assess(conn: Connection, settings: Settings, now: datetime) -> dict[str, Any
         "priority_window_days": settings.assess.priority_window.total_seconds() / 86400,
         "server_version": db.server_version(conn),
     }
-    report["samples"]["chunks"] = _chunk_samples(conn, settings, mt, docs, cg, key)
+    report["samples"]["chunks"] = _chunk_samples(conn, settings, mt, key)
     return report
+
+
+def _with_bytes(conn: Connection, groups: sa.TableClause, table: sa.Table) -> sa.Subquery:
+    """Grouped rows with their share of the table's on-disk size (heap, TOAST and indexes).
+
+    Apportioning the measured relation size by row count costs nothing per row; summing
+    pg_column_size(row) would build every row as a composite value and doubled the time.
+    """
+    name = conn.dialect.identifier_preparer.format_table(table)
+    size = conn.execute(
+        sa.select(sa.func.pg_total_relation_size(sa.cast(sa.literal(name), pg.REGCLASS)))
+    ).scalar_one()
+    rows = conn.execute(sa.select(sa.func.sum(groups.c.n))).scalar_one() or 0
+    per_row = float(size) / float(rows) if rows else 0.0
+    bytes_ = sa.cast(sa.func.round(groups.c.n * sa.literal(per_row, sa.Float)), sa.BigInteger)
+    return sa.select(groups.c.ref, groups.c.n, bytes_.label("bytes")).subquery(f"{groups.name}_b")
 
 
 def _documents_table(
@@ -113,8 +130,8 @@ def _documents_table(
     settings: Settings,
     mt: tables_mod.MappedTables,
     rule_t: sa.TableClause,
-    cg: sa.TableClause,
-    eg: sa.TableClause | None,
+    cg: sa.FromClause,
+    eg: sa.FromClause | None,
     uuid_mode: bool,
     key: Any,
 ) -> sa.TableClause:
@@ -252,8 +269,8 @@ def _report(
     conn: Connection,
     settings: Settings,
     docs: sa.TableClause,
-    cg: sa.TableClause,
-    eg: sa.TableClause | None,
+    cg: sa.FromClause,
+    eg: sa.FromClause | None,
     now: datetime,
 ) -> dict[str, Any]:
     a = settings.assess
@@ -272,47 +289,41 @@ def _report(
     total_docs = sum(by_class.values())
 
     # chunks by class, from the grouped chunk ids: attached, healable (a rule id some random
-    # document will take), or unmatched
-    keys = sa.select(c.key)
-    healable_rules = sa.select(c.rule).where(c.rekey)
-    chunk_class = sa.case(
-        (cg.c.ref.in_(keys), "attached"),
-        (cg.c.ref.in_(healable_rules), "orphan_healable"),
-        else_="orphan_unmatched",
-    )
-    chunk_rows = conn.execute(
-        sa.select(chunk_class, sa.func.sum(cg.c.n), sa.func.sum(cg.c.bytes)).group_by(chunk_class)
-    ).all()
+    # document will take), or unmatched. Joins, not IN (subquery): PostgreSQL hashes a join
+    # whatever its size, but falls back to a per-row scan for a subplan past work_mem.
+    ccls = chunk_classes(conn, docs, cg)
     chunks_by_class = {cls: 0 for cls in CHUNK_CLASSES}
     chunk_bytes = {cls: 0 for cls in CHUNK_CLASSES}
-    for cls, n, nbytes in chunk_rows:
+    for cls, n, nbytes in conn.execute(
+        sa.select(ccls.c["class"], sa.func.sum(ccls.c.n), sa.func.sum(ccls.c.bytes)).group_by(
+            ccls.c["class"]
+        )
+    ):
         chunks_by_class[cls], chunk_bytes[cls] = int(n), int(nbytes or 0)
 
     embeddings: dict[str, Any] = {"total": 0, "document_missing": 0, "chunk_missing": 0}
     if eg is not None:
+        owner = docs.alias("owner")
         total, missing = conn.execute(
-            sa.select(sa.func.sum(eg.c.n), sa.func.sum(eg.c.n).filter(~eg.c.ref.in_(keys)))
+            sa.select(sa.func.sum(eg.c.n), sa.func.sum(eg.c.n).filter(owner.c.key.is_(None)))
+            .select_from(eg)
+            .outerjoin(owner, owner.c.key == eg.c.ref)
         ).one()
         embeddings.update(total=int(total or 0), document_missing=int(missing or 0))
 
     # users: totals, distribution of affected documents, and the heaviest-hit
-    per_user = (
-        sa.select(
-            c.user_id,
-            sa.func.count().label("documents"),
-            count_if(affected).label("affected"),
-            count_if(c.invisible).label("invisible"),
-            count_if(c["class"] == "random_unprocessed").label("unprocessed"),
-            count_if(c["class"] == "conflict").label("conflict"),
-            sa.func.sum(c.own_chunks).label("chunks"),
-            sa.func.sum(sa.case((c.invisible, c.rule_chunks_raw), else_=0)).label(
-                "invisible_chunks"
-            ),
-            sa.func.sum(sa.case((affected, c.bytes), else_=0)).label("affected_bytes"),
-        )
-        .group_by(c.user_id)
-        .subquery("per_user")
-    )
+    per_user_select = sa.select(
+        c.user_id,
+        sa.func.count().label("documents"),
+        count_if(affected).label("affected"),
+        count_if(c.invisible).label("invisible"),
+        count_if(c["class"] == "random_unprocessed").label("unprocessed"),
+        count_if(c["class"] == "conflict").label("conflict"),
+        sa.func.sum(c.own_chunks).label("chunks"),
+        sa.func.sum(sa.case((c.invisible, c.rule_chunks_raw), else_=0)).label("invisible_chunks"),
+        sa.func.sum(sa.case((affected, c.bytes), else_=0)).label("affected_bytes"),
+    ).group_by(c.user_id)
+    per_user = temp_table_as(conn, "ug_users", per_user_select)
     pu = per_user.c
     users_total, users_affected, users_invisible = conn.execute(
         sa.select(
@@ -513,23 +524,23 @@ def count_if(cond: sa.ColumnElement[bool]) -> sa.ColumnElement[int]:
 def _conflicts(conn: Connection, docs: sa.TableClause) -> dict[str, Any]:
     c = docs.c
     holder = docs.alias("holder")
+    conflicted = sa.select(docs).where(c["class"] == "conflict").subquery("conflicted")
+    k = conflicted.c
     rows = conn.execute(
         sa.select(
-            c.rule,
-            c.user_id,
-            c.rule_taken,
-            c.id_text,
-            c.status,
-            c.own_chunks,
-            c.created_at,
-            c.rekey,
-            sa.select(holder.c.id_text)
-            .where(holder.c.key == c.rule)
-            .scalar_subquery()
-            .label("holder"),
+            k.rule,
+            k.user_id,
+            k.rule_taken,
+            k.id_text,
+            k.status,
+            k.own_chunks,
+            k.created_at,
+            k.rekey,
+            holder.c.id_text.label("holder"),
         )
-        .where(c["class"] == "conflict")
-        .order_by(c.user_id, c.rule, c.group_rank, c.created_at, c.key)
+        .select_from(conflicted)
+        .outerjoin(holder, holder.c.key == k.rule)
+        .order_by(k.user_id, k.rule, k.group_rank, k.created_at, k.key)
     ).all()
     groups: dict[str, dict[str, Any]] = {}
     for r in rows:
@@ -569,37 +580,54 @@ def _conflicts(conn: Connection, docs: sa.TableClause) -> dict[str, Any]:
     }
 
 
+def chunk_classes(conn: Connection, docs: sa.TableClause, cg: sa.FromClause) -> sa.TableClause:
+    """ug_chunk_classes: each distinct chunk document id with its chunk class and totals."""
+    owner = docs.alias("owner")
+    healer = sa.select(docs.c.rule).where(docs.c.rekey).distinct().subquery("healer")
+    cls = sa.case(
+        (owner.c.key.is_not(None), "attached"),
+        (healer.c.rule.is_not(None), "orphan_healable"),
+        else_="orphan_unmatched",
+    )
+    return temp_table_as(
+        conn,
+        "ug_chunk_classes",
+        sa.select(cg.c.ref, cg.c.n, cg.c.bytes, cls.label("class"))
+        .select_from(cg)
+        .outerjoin(owner, owner.c.key == cg.c.ref)
+        .outerjoin(healer, healer.c.rule == cg.c.ref),
+    )
+
+
 def _chunk_samples(
     conn: Connection,
     settings: Settings,
     mt: tables_mod.MappedTables,
-    docs: sa.TableClause,
-    cg: sa.TableClause,
     key: Any,
 ) -> dict[str, list[str]]:
     """A few chunk ids per chunk class, for follow-up by hand."""
     n = settings.assess.samples_per_class
-    c = docs.c
     ch = mt.chunks
     cm = settings.mapping.chunks
     ref = key(ch.c(cm.document_id))
-    keys = sa.select(c.key)
-    healable = sa.select(c.rule).where(c.rekey)
-    conds = {
-        "attached": ref.in_(keys),
-        "orphan_healable": sa.and_(ref.in_(healable), ~ref.in_(keys)),
-        "orphan_unmatched": sa.and_(
-            sa.or_(ref.is_(None), ~ref.in_(keys)), sa.or_(ref.is_(None), ~ref.in_(healable))
-        ),
-    }
+    classes = sa.table("ug_chunk_classes", sa.column("ref"), sa.column("class"))
     out: dict[str, list[str]] = {}
-    for cls, cond in conds.items():
-        # pick sample groups from the small grouped table first, then their chunks by index
+    for cls in CHUNK_CLASSES:
+        # at most n document ids of the class from the grouped table (a tiny IN list), then
+        # their chunks through the document id index
+        refs = (
+            sa.select(classes.c.ref)
+            .where(classes.c["class"] == cls, classes.c.ref.is_not(None))
+            .order_by(classes.c.ref)
+            .limit(n)
+        )
         out[cls] = [
             str(r[0])
             for r in conn.execute(
-                sa.select(sa.cast(ch.c(cm.id), sa.Text)).where(cond).order_by(ch.c(cm.id)).limit(n)
+                sa.select(sa.cast(ch.c(cm.id), sa.Text))
+                .where(ref.in_(refs))
+                .order_by(ch.c(cm.id))
+                .limit(n)
             )
         ]
-    del cg
     return out
