@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import string
 import uuid
 from dataclasses import dataclass
@@ -27,6 +28,22 @@ class IdRule:
 
     def new_id(self, user_id: object, file_sha256: object) -> uuid.UUID:
         return uuid.uuid5(self.namespace, self.name_for(user_id, file_sha256))
+
+    def new_id_text(self, user_id: object, file_sha256: object) -> str:
+        """The same id as new_id, as text, about three times faster: for ids in bulk.
+
+        RFC 4122 §4.3: the first 16 bytes of SHA-1(namespace + name), version 5, RFC variant.
+        """
+        digest = bytearray(
+            hashlib.sha1(
+                self.namespace.bytes + self.name_for(user_id, file_sha256).encode(),
+                usedforsecurity=False,
+            ).digest()[:16]
+        )
+        digest[6] = (digest[6] & 0x0F) | 0x50
+        digest[8] = (digest[8] & 0x3F) | 0x80
+        x = digest.hex()
+        return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
     def parts(self) -> list[TemplatePart]:
         """The template as literal text and field names, for building the same string in SQL."""

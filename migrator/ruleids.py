@@ -110,12 +110,12 @@ def _copy_from_python(
     )
     compiled = stmt.compile(dialect=conn.dialect)
     raw = db.raw_connection(conn)
-    new_id = rule.new_id
+    new_id = rule.new_id_text
     # a server-side cursor keeps memory flat; COPY runs between its fetches
     with raw.cursor(name="ug_rule_source") as source, raw.cursor() as sink:
         source.execute(str(compiled), compiled.params)
         while rows := source.fetchmany(_FETCH):
             with sink.copy(f"COPY {RULE_TABLE} (doc_key, rule_id) FROM STDIN") as copy:
                 for key, user, sha in rows:
-                    rid = None if user is None or sha is None else str(new_id(user, sha))
+                    rid = None if user is None or sha is None else new_id(user, sha)
                     copy.write_row((key, rid))

@@ -58,6 +58,19 @@ def test_id_rule_is_uuid5_of_the_template(template: str, user: object, sha: str,
     assert rule.new_id(user, sha) == uuid.uuid5(uuid.NAMESPACE_URL, name)
 
 
+def test_fast_text_ids_equal_uuid5() -> None:
+    """The bulk text form is exactly str(uuid5(...)) for many users, hashes and namespaces."""
+    import random
+
+    rng = random.Random(5)
+    for ns in (uuid.NAMESPACE_URL, uuid.NAMESPACE_DNS, uuid.UUID(int=rng.getrandbits(128))):
+        rule = IdRule(ns, "{user_id}:{file_sha256}")
+        for _ in range(2000):
+            user = rng.choice([f"user-{rng.randrange(10**6)}", rng.randrange(10**12), "ü-ñ"])
+            sha = f"{rng.getrandbits(256):064x}"
+            assert rule.new_id_text(user, sha) == str(rule.new_id(user, sha))
+
+
 def test_id_rule_parts_rebuild_the_template() -> None:
     """The template's parts, joined again, are the template: SQL builds the same name."""
     rule = IdRule(uuid.NAMESPACE_URL, "doc:{user_id}:{file_sha256}!")
