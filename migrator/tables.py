@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
+from pydantic import BaseModel
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.engine import Connection
 
@@ -128,34 +129,30 @@ def _check_columns(
             raise MappingError(key, f"{schema}.{table}.{column}", "column does not exist", fix)
 
 
+def _mapped_columns(section: str, model: BaseModel) -> list[tuple[str, str]]:
+    """(config key, column) for every column a mapping section names; None means not mapped."""
+    names = model.model_dump(exclude={"table", "processed_statuses"})
+    return [(f"mapping.{section}.{k}", v) for k, v in names.items() if v is not None]
+
+
 def reflect(conn: Connection, settings: Settings) -> MappedTables:
     """Build the mapped tables, failing with the config key to fix when a name is wrong."""
     m = settings.mapping
     schema = m.schema_
     metadata = sa.MetaData()
     d = m.documents
-    doc_cols = [
-        (f"mapping.documents.{k}", v)
-        for k, v in d.model_dump(exclude={"table", "processed_statuses"}).items()
-        if v is not None
-    ]
-    documents = _build(conn, metadata, schema, d.table, "mapping.documents.table", doc_cols)
+    documents = _build(
+        conn, metadata, schema, d.table, "mapping.documents.table", _mapped_columns("documents", d)
+    )
     c = m.chunks
-    chunk_cols = [
-        (f"mapping.chunks.{k}", v)
-        for k, v in c.model_dump(exclude={"table"}).items()
-        if v is not None
-    ]
-    chunks = _build(conn, metadata, schema, c.table, "mapping.chunks.table", chunk_cols)
+    chunks = _build(
+        conn, metadata, schema, c.table, "mapping.chunks.table", _mapped_columns("chunks", c)
+    )
     embeddings = None
     vector_type = None
     if m.embeddings is not None:
         e = m.embeddings
-        emb_cols = [
-            (f"mapping.embeddings.{k}", v)
-            for k, v in e.model_dump(exclude={"table"}).items()
-            if v is not None
-        ]
+        emb_cols = _mapped_columns("embeddings", e)
         embeddings = _build(conn, metadata, schema, e.table, "mapping.embeddings.table", emb_cols)
         if e.vector is not None:
             vector_type = embeddings.types.get(e.vector)

@@ -261,32 +261,13 @@ def to_markdown(report: dict[str, Any], target: str = "") -> str:
             ),
             "",
         ]
-    out += ["## Documents by upload month", ""]
-    if d["by_month"]:
-        out += [
-            table(
-                ["month", *DOCUMENT_CLASSES],
-                [
-                    [m, *(num(v.get(c, 0)) for c in DOCUMENT_CLASSES)]
-                    for m, v in d["by_month"].items()
-                ],
-                "l" + "r" * len(DOCUMENT_CLASSES),
-            ),
-            "",
-        ]
-    out += ["## Documents by status", ""]
-    if d["by_status"]:
-        out += [
-            table(
-                ["status", *DOCUMENT_CLASSES],
-                [
-                    [s, *(num(v.get(c, 0)) for c in DOCUMENT_CLASSES)]
-                    for s, v in d["by_status"].items()
-                ],
-                "l" + "r" * len(DOCUMENT_CLASSES),
-            ),
-            "",
-        ]
+    for title, label, matrix in (
+        ("Documents by upload month", "month", d["by_month"]),
+        ("Documents by status", "status", d["by_status"]),
+    ):
+        out += [f"## {title}", ""]
+        if matrix:
+            out += [_class_matrix(label, matrix), ""]
     out += ["## Conflict groups", ""]
     if conf["groups"]:
         kinds = ", ".join(f"{num(n)} {k.replace('_', ' ')}" for k, n in conf["by_kind"].items())
@@ -334,6 +315,15 @@ def to_markdown(report: dict[str, Any], target: str = "") -> str:
         rows.append(["stuck document", ", ".join(f"`{i}`" for i in stuck["samples"])])
     out += [table(["what", "ids"], rows), ""]
     return "\n".join(out)
+
+
+def _class_matrix(label: str, matrix: dict[str, dict[str, int]]) -> str:
+    """Rows of documents per class, one row per month or status."""
+    return table(
+        [label, *DOCUMENT_CLASSES],
+        [[row, *(num(v.get(c, 0)) for c in DOCUMENT_CLASSES)] for row, v in matrix.items()],
+        "l" + "r" * len(DOCUMENT_CLASSES),
+    )
 
 
 def write_all(report: dict[str, Any], out_dir: Path, target: str = "") -> list[Path]:
