@@ -86,21 +86,21 @@ def materialize(
         )
         path = "sql (uuid-ossp)"
     else:
-        source = sa.select(
+        query: sa.Select[Any] = sa.select(
             sa.cast(key_expr(d.c(id_col), uuid_mode), sa.Text),
             sa.cast(d.c(user_col), sa.Text),
             sa.cast(d.c(sha_col), sa.Text),
         )
-        _copy_from_python(conn, source, rule)
+        _copy_from_python(conn, query, rule)
         path = "python (COPY)"
     conn.execute(sa.text(f"CREATE INDEX ON {RULE_TABLE} (doc_key)"))
     conn.execute(sa.text(f"ANALYZE {RULE_TABLE}"))
     return handle, path
 
 
-def _copy_from_python(conn: Connection, source: sa.Select[Any], rule: IdRule) -> None:
+def _copy_from_python(conn: Connection, query: sa.Select[Any], rule: IdRule) -> None:
     """Stream (key, user, sha256) rows out, and (key, rule id) rows back in with COPY."""
-    compiled = source.compile(dialect=conn.dialect)
+    compiled = query.compile(dialect=conn.dialect)
     raw = db.raw_connection(conn)
     new_id = rule.new_id_text
     # a server-side cursor keeps memory flat; COPY runs between its fetches
