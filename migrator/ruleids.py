@@ -86,7 +86,7 @@ def materialize(
         )
         path = "sql (uuid-ossp)"
     else:
-        query: sa.Select[Any] = sa.select(
+        query = sa.select(
             sa.cast(key_expr(d.c(id_col), uuid_mode), sa.Text),
             sa.cast(d.c(user_col), sa.Text),
             sa.cast(d.c(sha_col), sa.Text),
@@ -98,7 +98,7 @@ def materialize(
     return handle, path
 
 
-def _copy_from_python(conn: Connection, query: sa.Select[Any], rule: IdRule) -> None:
+def _copy_from_python(conn: Connection, query: sa.Select[str, str, str], rule: IdRule) -> None:
     """Stream (key, user, sha256) rows out, and (key, rule id) rows back in with COPY."""
     compiled = query.compile(dialect=conn.dialect)
     raw = db.raw_connection(conn)
