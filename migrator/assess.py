@@ -149,14 +149,24 @@ def _documents_table(
     def opt(name: str | None, default: Any, type_: Any) -> sa.ColumnElement[Any]:
         return d.c(name) if name is not None else sa.cast(sa.literal(default), type_)
 
-    base = (
+    holder = rule_t.alias("holder")
+    rc = cg.alias("rc")
+    rc_e = eg.alias("rc_e") if eg is not None else None
+    rule = rule_t.c.rule_id
+    moves = rule != dkey  # the rule id differs from the current one
+    is_v4 = sa.func.lower(sa.cast(d.c(m.id), sa.Text)).op("~")(idrule.UUID_V4_PATTERN)
+
+    def count_of(group: sa.FromClause | None, column: str) -> sa.ColumnElement[Any]:
+        return sa.func.coalesce(group.c[column], 0) if group is not None else sa.literal(0)
+
+    # one statement, no intermediate tables: every lookup is a hash join on a unique key
+    joined = (
         sa.select(
             dkey.label("key"),
             sa.cast(d.c(m.id), sa.Text).label("id_text"),
-            rule_t.c.rule_id.label("rule"),
-            sa.func.lower(sa.cast(d.c(m.id), sa.Text))
-            .op("~")(idrule.UUID_V4_PATTERN)
-            .label("is_v4"),
+            rule.label("rule"),
+            is_v4.label("is_v4"),
+            sa.and_(is_v4, rule.is_not(None), moves).label("random_v4"),
             sa.cast(d.c(m.user_id), sa.Text).label("user_id"),
             d.c(m.created_at).label("created_at"),
             sa.cast(d.c(m.status), sa.Text).label("status"),
@@ -164,70 +174,47 @@ def _documents_table(
             sa.func.coalesce(opt(m.size_bytes, 0, sa.BigInteger), 0).label("size_bytes"),
             sa.func.coalesce(opt(m.access_count, 0, sa.BigInteger), 0).label("access_count"),
             opt(m.last_accessed_at, None, sa.DateTime(timezone=True)).label("last_accessed_at"),
-            sa.func.coalesce(own.c.n, 0).label("own_chunks"),
-            sa.func.coalesce(own.c.bytes, 0).label("own_chunk_bytes"),
-            (sa.func.coalesce(own_e.c.n, 0) if own_e is not None else sa.literal(0)).label(
-                "own_embeddings"
-            ),
-            (sa.func.coalesce(own_e.c.bytes, 0) if own_e is not None else sa.literal(0)).label(
-                "own_embedding_bytes"
-            ),
+            count_of(own, "n").label("own_chunks"),
+            count_of(own, "bytes").label("own_chunk_bytes"),
+            count_of(own_e, "n").label("own_embeddings"),
+            count_of(own_e, "bytes").label("own_embedding_bytes"),
+            # ids are unique, so this finds at most the one other document holding the rule id
+            holder.c.doc_key.is_not(None).label("rule_taken"),
+            count_of(rc, "n").label("rule_chunks_raw"),
+            count_of(rc, "bytes").label("rule_chunk_bytes_raw"),
+            count_of(rc_e, "n").label("rule_embeddings_raw"),
+            count_of(rc_e, "bytes").label("rule_embedding_bytes_raw"),
         )
         .select_from(d.table)
         .join(rule_t, rule_t.c.doc_key == dkey)
         .outerjoin(own, own.c.ref == dkey)
+        .outerjoin(holder, sa.and_(holder.c.doc_key == rule, moves))
+        .outerjoin(rc, sa.and_(rc.c.ref == rule, moves))
     )
-    if own_e is not None:
-        base = base.outerjoin(own_e, own_e.c.ref == dkey)
-    stage1 = temp_table_as(conn, "ug_docs_base", base)
-
-    holder = stage1.alias("holder")
-    rc = cg.alias("rc")
-    rc_e = eg.alias("rc_e") if eg is not None else None
-    # keys are unique, so the outer join finds at most the one document holding the rule id
-    rule_taken = holder.c.key.is_not(None)
-    s2 = (
-        sa.select(
-            *stage1.c,
-            rule_taken.label("rule_taken"),
-            sa.func.coalesce(rc.c.n, 0).label("rule_chunks_raw"),
-            sa.func.coalesce(rc.c.bytes, 0).label("rule_chunk_bytes_raw"),
-            (sa.func.coalesce(rc_e.c.n, 0) if rc_e is not None else sa.literal(0)).label(
-                "rule_embeddings_raw"
-            ),
-            (sa.func.coalesce(rc_e.c.bytes, 0) if rc_e is not None else sa.literal(0)).label(
-                "rule_embedding_bytes_raw"
+    if own_e is not None and rc_e is not None:
+        joined = joined.outerjoin(own_e, own_e.c.ref == dkey).outerjoin(
+            rc_e, sa.and_(rc_e.c.ref == rule, moves)
+        )
+    b = joined.subquery("b")
+    # v4 documents competing for one rule id, ranked in the canonical order of DESIGN §2.3;
+    # partitioning by random_v4 too keeps other documents out of their group
+    partition = (b.c.rule, b.c.random_v4)
+    ranked = sa.select(
+        b,
+        sa.func.count().over(partition_by=partition).label("group_size"),
+        sa.func.row_number()
+        .over(
+            partition_by=partition,
+            order_by=(
+                b.c.processed.desc(),
+                b.c.own_chunks.desc(),
+                b.c.created_at.asc(),
+                b.c.key.asc(),
             ),
         )
-        .select_from(stage1)
-        .outerjoin(holder, sa.and_(holder.c.key == stage1.c.rule, holder.c.key != stage1.c.key))
-        .outerjoin(rc, sa.and_(rc.c.ref == stage1.c.rule, stage1.c.rule != stage1.c.key))
-    )
-    if rc_e is not None:
-        s2 = s2.outerjoin(rc_e, sa.and_(rc_e.c.ref == stage1.c.rule, stage1.c.rule != stage1.c.key))
-    stage2 = temp_table_as(conn, "ug_docs_rules", s2)
-
-    s = stage2.c
-    # v4 documents competing for one free rule id; canonical order per DESIGN §2.3
-    random_v4 = sa.and_(s.is_v4, s.rule.is_not(None), s.rule != s.key)
-    group_size = sa.func.count().over(partition_by=s.rule)
-    rank = sa.func.row_number().over(
-        partition_by=s.rule,
-        order_by=(s.processed.desc(), s.own_chunks.desc(), s.created_at.asc(), s.key.asc()),
-    )
-    ranked = (
-        sa.select(stage2, group_size.label("group_size"), rank.label("group_rank"))
-        .where(random_v4)
-        .subquery("ranked")
-    )
-    s3 = sa.select(
-        *stage2.c,
-        sa.func.coalesce(ranked.c.group_size, 0).label("group_size"),
-        sa.func.coalesce(ranked.c.group_rank, 0).label("group_rank"),
-    ).select_from(stage2.outerjoin(ranked, ranked.c.key == stage2.c.key))
-    stage3 = temp_table_as(conn, "ug_docs_ranked", s3)
-
-    t = stage3.c
+        .label("group_rank"),
+    ).subquery("ranked")
+    t = ranked.c
     cls = sa.case(
         (t.rule == t.key, "deterministic"),
         (sa.or_(~t.is_v4, t.rule.is_(None), t.is_v4.is_(None)), "other"),
@@ -250,7 +237,7 @@ def _documents_table(
         t.own_chunks == 0, sa.or_(t.rule_chunks_raw == 0, t.rule_taken, t.rule == t.key)
     )
     final = sa.select(
-        *stage3.c,
+        *ranked.c,
         cls.label("class"),
         rekey.label("rekey"),
         invisible.label("invisible"),
