@@ -37,6 +37,7 @@ def run(engine: Engine, settings: Settings, now: datetime | None = None) -> dict
         conn = conn.execution_options(isolation_level="REPEATABLE READ")
         with db.translate_errors("assessment"), conn.begin():
             db.set_local_timeouts(conn, settings.database.statement_timeout)
+            conn.execute(sa.select(sa.func.set_config("work_mem", settings.assess.work_mem, True)))
             return assess(conn, settings, now or datetime.now(UTC))
 
 
@@ -154,7 +155,15 @@ def _documents_table(
     rc_e = eg.alias("rc_e") if eg is not None else None
     rule = rule_t.c.rule_id
     moves = rule != dkey  # the rule id differs from the current one
-    is_v4 = sa.func.lower(sa.cast(d.c(m.id), sa.Text)).op("~")(idrule.UUID_V4_PATTERN)
+    id_text = sa.cast(d.c(m.id), sa.Text)
+    if uuid_mode:
+        # a uuid column's text form is fixed: the version and variant nibbles say it all
+        is_v4: sa.ColumnElement[bool] = sa.and_(
+            sa.func.substr(id_text, 15, 1) == "4",
+            sa.func.substr(id_text, 20, 1).in_(["8", "9", "a", "b"]),
+        )
+    else:
+        is_v4 = sa.func.lower(id_text).op("~")(idrule.UUID_V4_PATTERN)
 
     def count_of(group: sa.FromClause | None, column: str) -> sa.ColumnElement[Any]:
         return sa.func.coalesce(group.c[column], 0) if group is not None else sa.literal(0)

@@ -215,6 +215,8 @@ class AssessSettings(_Section):
     #: documents whose access_count is at or above this quantile are "frequently accessed"
     frequent_quantile: float = Field(0.9, gt=0, lt=1)
     samples_per_class: int = Field(5, ge=0, le=100)
+    #: work_mem for the assessment's own transaction: its sorts and hashes span every document
+    work_mem: str = Field("64MB", pattern=r"^\d+\s*(kB|MB|GB)$")
     top_users: int = Field(20, ge=0, le=1000)
 
 
