@@ -7,6 +7,7 @@ on temporary tables that are dropped with the transaction. Nothing is written to
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,8 +42,25 @@ def run(engine: Engine, settings: Settings, now: datetime | None = None) -> dict
             return assess(conn, settings, now or datetime.now(UTC))
 
 
-def assess(conn: Connection, settings: Settings, now: datetime) -> dict[str, Any]:
-    started = time.monotonic()
+@dataclass(frozen=True)
+class Classified:
+    """The temporary tables of one classification, valid until its transaction ends."""
+
+    tables: tables_mod.MappedTables
+    docs: sa.TableClause
+    chunk_groups: sa.FromClause
+    embedding_groups: sa.FromClause | None
+    uuid_mode: bool
+    rule_path: str
+    embeddings_chunk_missing: int
+
+    def key(self, col: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+        return ruleids.key_expr(col, self.uuid_mode)
+
+
+def classify(conn: Connection, settings: Settings) -> Classified:
+    """Classify every document and chunk (DESIGN §2.3) into temporary tables; the shared core
+    of the assessment and of planning a migration run."""
     mt = tables_mod.reflect(conn, settings)
     m = settings.mapping.documents
     rule = idrule.IdRule(settings.id_rule.namespace, settings.id_rule.template)
@@ -94,6 +112,19 @@ def assess(conn: Connection, settings: Settings, now: datetime) -> dict[str, Any
             ).scalar_one()
 
     docs = _documents_table(conn, settings, mt, rule_t, cg, eg, uuid_mode, key)
+    return Classified(mt, docs, cg, eg, uuid_mode, rule_path, emb_chunk_missing)
+
+
+def assess(conn: Connection, settings: Settings, now: datetime) -> dict[str, Any]:
+    started = time.monotonic()
+    cl = classify(conn, settings)
+    mt, docs, cg, eg, key = cl.tables, cl.docs, cl.chunk_groups, cl.embedding_groups, cl.key
+    rule = idrule.IdRule(settings.id_rule.namespace, settings.id_rule.template)
+    uuid_mode, rule_path, emb_chunk_missing = (
+        cl.uuid_mode,
+        cl.rule_path,
+        cl.embeddings_chunk_missing,
+    )
     report = _report(conn, settings, docs, cg, eg, now)
     report["embeddings"]["chunk_missing"] = emb_chunk_missing
     report["meta"] = {
@@ -400,13 +431,7 @@ def _report(
     invisible_chunks = chunks_by_class["orphan_healable"] + chunks_by_class["orphan_unmatched"]
 
     # priority: documents a re-key would fix that people use now
-    quantile = conn.execute(
-        sa.select(sa.func.percentile_disc(a.frequent_quantile).within_group(c.access_count))
-    ).scalar_one()
-    threshold = max(int(quantile or 0), 1)
-    since = now - a.priority_window
-    recent = sa.or_(c.created_at >= since, c.last_accessed_at >= since)
-    frequent = c.access_count >= threshold
+    recent, frequent, threshold, since = priority_conditions(conn, docs, settings, now)
     prio = conn.execute(
         sa.select(
             count_if(sa.and_(c.rekey, sa.or_(recent, frequent))),
@@ -511,6 +536,21 @@ def _report(
         "samples": {"documents": samples},
         "per_user": per_user_rows,
     }
+
+
+def priority_conditions(
+    conn: Connection, docs: sa.TableClause, settings: Settings, now: datetime
+) -> tuple[sa.ColumnElement[bool], sa.ColumnElement[bool], int, datetime]:
+    """(recent, frequent, access threshold, window start): what makes a document high-priority."""
+    a = settings.assess
+    c = docs.c
+    quantile = conn.execute(
+        sa.select(sa.func.percentile_disc(a.frequent_quantile).within_group(c.access_count))
+    ).scalar_one()
+    threshold = max(int(quantile or 0), 1)
+    since = now - a.priority_window
+    recent = sa.or_(c.created_at >= since, c.last_accessed_at >= since)
+    return recent, c.access_count >= threshold, threshold, since
 
 
 def count_if(cond: sa.ColumnElement[bool]) -> sa.ColumnElement[int]:
