@@ -1,0 +1,98 @@
+"""Catalog reads: foreign keys onto the documents table, and the strategy each one needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from migrator.errors import MappingError
+from migrator.settings import Settings
+
+Strategy = Literal["none", "cascade", "deferred", "copy"]
+
+# every foreign key whose referenced table is the documents table, with its columns and actions
+_FKS_SQL = sa.text(
+    """
+    SELECT c.conname, cn.nspname AS schema, cr.relname AS table,
+           (SELECT array_agg(a.attname ORDER BY k.n)
+              FROM unnest(c.conkey) WITH ORDINALITY AS k(attnum, n)
+              JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum) AS columns,
+           c.confupdtype, c.confdeltype, c.condeferrable, c.convalidated
+      FROM pg_constraint c
+      JOIN pg_class cr ON cr.oid = c.conrelid
+      JOIN pg_namespace cn ON cn.oid = cr.relnamespace
+     WHERE c.contype = 'f'
+       AND c.confrelid = (
+             SELECT p.oid FROM pg_class p JOIN pg_namespace pn ON pn.oid = p.relnamespace
+              WHERE pn.nspname = :schema AND p.relname = :table)
+    """
+)
+
+
+@dataclass(frozen=True)
+class ForeignKey:
+    name: str
+    schema: str
+    table: str
+    columns: tuple[str, ...]
+    on_update: str
+    deferrable: bool
+    validated: bool
+
+    @property
+    def strategy(self) -> Strategy:
+        if self.on_update == "c":
+            return "cascade"
+        if self.deferrable:
+            return "deferred"
+        return "copy"
+
+    def explain(self) -> str:
+        return {
+            "cascade": "ON UPDATE CASCADE: renaming the document carries these rows along",
+            "deferred": "DEFERRABLE: checked at commit, after document and rows have both moved",
+            "copy": "NOT DEFERRABLE, NO ACTION: a copy of the document is inserted under the "
+            "new id, the rows are moved to it, then the old document is deleted",
+        }[self.strategy]
+
+
+def document_foreign_keys(conn: Connection, settings: Settings) -> list[ForeignKey]:
+    m = settings.mapping
+    rows = conn.execute(_FKS_SQL, {"schema": m.schema_, "table": m.documents.table}).all()
+    return [
+        ForeignKey(
+            r.conname,
+            r.schema,
+            r.table,
+            tuple(r.columns),
+            r.confupdtype,
+            r.condeferrable,
+            r.convalidated,
+        )
+        for r in rows
+    ]
+
+
+def strategies(conn: Connection, settings: Settings) -> dict[int, ForeignKey | None]:
+    """For each mapped reference (by index), the foreign key that governs it, if any.
+
+    Refuses a foreign key onto the documents table from a column that is not mapped: re-keying
+    would fail on it, or (ON UPDATE CASCADE) rewrite rows the journal cannot restore.
+    """
+    refs = settings.reference_columns()
+    schema = settings.mapping.schema_
+    by_column = {(schema, r.table, r.column): i for i, r in enumerate(refs)}
+    out: dict[int, ForeignKey | None] = dict.fromkeys(range(len(refs)))
+    for fk in document_foreign_keys(conn, settings):
+        if len(fk.columns) != 1 or (fk.schema, fk.table, fk.columns[0]) not in by_column:
+            raise MappingError(
+                "mapping.references",
+                f"{fk.schema}.{fk.table}({', '.join(fk.columns)})",
+                f"foreign key {fk.name} references the documents table from a column that is not mapped",
+                "add the column to [[mapping.references]] so that re-keying moves it too",
+            )
+        out[by_column[(fk.schema, fk.table, fk.columns[0])]] = fk
+    return out

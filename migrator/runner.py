@@ -1,0 +1,467 @@
+"""One batch, forward or backward: claim, rewrite every reference, journal, verify, commit.
+
+Forward, each batch is one transaction with local lock and statement timeouts. The foreign key
+on each reference decides the statement order (catalog.py): plain and deferrable references
+are rewritten explicitly; ON UPDATE CASCADE ones follow the document; a NOT DEFERRABLE one
+needs the document copied under its new id before its rows move. Every rewritten row is
+journaled with its key, so a rollback restores exactly those rows and no others: chunks that
+pointed at the new id before the run (the healed orphans) stay where they were.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from migrator import catalog, db, journal, runs
+from migrator import tables as tables_mod
+from migrator.errors import UuidguardError
+from migrator.settings import Settings
+
+BATCH = "ug_batch"
+
+
+class VerificationError(UuidguardError):
+    """A batch's own checks failed inside its transaction; nothing of it was committed."""
+
+    def __init__(self, batch_id: int, problem: str) -> None:
+        super().__init__(
+            f"batch {batch_id} failed verification: {problem}. Fix: nothing was changed; "
+            "inspect the documents named in the journal, then resume or roll back"
+        )
+        self.batch_id = batch_id
+
+
+@dataclass
+class Plan:
+    """What the engine needs to know about the schema, read once per worker."""
+
+    tables: tables_mod.MappedTables
+    fks: dict[int, catalog.ForeignKey | None]
+    copy_documents: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.copy_documents = any(
+            fk is not None and fk.strategy == "copy" for fk in self.fks.values()
+        )
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    batch_id: int
+    documents: int
+    skipped: int
+    rows: dict[str, int]
+    seconds: float
+
+
+def plan(conn: Connection, settings: Settings) -> Plan:
+    return Plan(tables_mod.reflect(conn, settings), catalog.strategies(conn, settings))
+
+
+def _batch_table(conn: Connection) -> sa.TableClause:
+    conn.execute(
+        sa.text(
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {BATCH} (old_id uuid PRIMARY KEY,"
+            " new_id uuid NOT NULL UNIQUE) ON COMMIT DELETE ROWS"
+        )
+    )
+    return sa.table(BATCH, sa.column("old_id"), sa.column("new_id"))
+
+
+def _pk_values(
+    t: tables_mod.MappedTable, pk: tuple[str, ...], column: str, new_id: sa.ColumnElement[Any]
+) -> sa.ColumnElement[Any]:
+    """A row's key as it will be after the rewrite (the key may include the rewritten column)."""
+    return sa.func.jsonb_build_array(*[new_id if col == column else t.c(col) for col in pk])
+
+
+def _pk_match(
+    t: tables_mod.MappedTable, pk: tuple[str, ...], stored: sa.ColumnElement[Any]
+) -> sa.ColumnElement[bool]:
+    """The mapped row whose key is the journaled jsonb array; typed casts keep the index usable."""
+    conds = []
+    for i, col in enumerate(pk):
+        column = t.c(col)
+        text = stored[i].astext
+        if isinstance(column.type, sa.types.NullType):
+            conds.append(sa.cast(column, sa.Text) == text)
+        else:
+            conds.append(column == sa.cast(text, column.type))
+    return sa.and_(*conds)
+
+
+def _count_refs(
+    conn: Connection, t: tables_mod.MappedTable, col: str, ids: sa.ColumnElement[Any]
+) -> int:
+    return int(
+        conn.execute(
+            sa.select(sa.func.count()).select_from(t.table).where(t.c(col).in_(sa.select(ids)))
+        ).scalar_one()
+    )
+
+
+def forward_batch(
+    conn: Connection,
+    settings: Settings,
+    p: Plan,
+    run_id: int,
+    size: int,
+    worker: str,
+    lock_timeout: timedelta,
+) -> BatchResult | None:
+    """Re-key up to `size` pending documents of the run in one transaction; None when none is left."""
+    schema = settings.journal_schema
+    md = journal.metadata(schema)
+    id_map, batches, rewrites = (
+        md.tables[f"{schema}.{n}"] for n in ("id_map", "batches", "rewrites")
+    )
+    started = time.monotonic()
+    with conn.begin():
+        db.set_local_timeouts(conn, settings.database.statement_timeout, lock_timeout)
+        b = _batch_table(conn)
+        claim = (
+            sa.select(id_map.c.old_id)
+            .where(id_map.c.run_id == run_id, id_map.c.state == "pending")
+            .order_by(id_map.c.user_id, id_map.c.old_id)  # one user's documents together
+            .limit(size)
+            .with_for_update(skip_locked=True)
+            .cte("claim")
+        )
+        claimed = (
+            sa.update(id_map)
+            .where(id_map.c.run_id == run_id, id_map.c.old_id == claim.c.old_id)
+            .values(state="done")
+            .returning(id_map.c.old_id, id_map.c.new_id)
+            .cte("claimed")
+        )
+        conn.execute(
+            sa.insert(b).from_select(
+                ["old_id", "new_id"], sa.select(claimed.c.old_id, claimed.c.new_id)
+            )
+        )
+        # rowcount is not reported through a data-modifying CTE: count what was claimed
+        n = conn.execute(sa.select(sa.func.count()).select_from(b)).scalar_one()
+        if n == 0:
+            return None  # nothing pending: the transaction changed nothing
+        batch_id = conn.execute(
+            sa.insert(batches)
+            .values(run_id=run_id, state="committed", worker=worker, documents=0, target_size=size)
+            .returning(batches.c.id)
+        ).scalar_one()
+        conn.execute(
+            sa.update(id_map)
+            .where(id_map.c.run_id == run_id, id_map.c.old_id.in_(sa.select(b.c.old_id)))
+            .values(batch_id=batch_id)
+        )
+        d = p.tables.documents
+        dm = settings.mapping.documents
+        doc_id = d.c(dm.id)
+        # lock the documents; the application's writes to them wait for this short transaction
+        conn.execute(sa.select(doc_id).where(doc_id.in_(sa.select(b.c.old_id))).with_for_update())
+        # documents deleted since the run was planned, or whose new id was taken since
+        # (a fresh upload of the same file): left alone and reported, never forced
+        gone = sa.select(b.c.old_id).where(
+            sa.or_(
+                ~sa.exists().where(doc_id == b.c.old_id),
+                sa.exists().where(doc_id == b.c.new_id),
+            )
+        )
+        skipped_ids = [r[0] for r in conn.execute(gone)]
+        if skipped_ids:
+            conn.execute(
+                sa.update(id_map)
+                .where(id_map.c.run_id == run_id, id_map.c.old_id.in_(skipped_ids))
+                .values(state="skipped")
+            )
+            conn.execute(sa.delete(b).where(b.c.old_id.in_(skipped_ids)))
+        moving = n - len(skipped_ids)
+        refs = p.tables.references
+        before_new = [_count_refs(conn, t, ref.column, b.c.new_id) for ref, t in refs]
+        for fk in p.fks.values():
+            if fk is not None and fk.strategy == "deferred":
+                name = f"{conn.dialect.identifier_preparer.quote_schema(fk.schema)}.{conn.dialect.identifier_preparer.quote(fk.name)}"
+                conn.execute(sa.text(f"SET CONSTRAINTS {name} DEFERRED"))
+        doc_cols = [c.name for c in d.table.columns]
+        if p.copy_documents:
+            copy = sa.select(
+                *[b.c.new_id if name == dm.id else d.table.c[name] for name in doc_cols]
+            ).select_from(d.table.join(b, doc_id == b.c.old_id))
+            conn.execute(sa.insert(d.table).from_select(doc_cols, copy))
+        rewritten: dict[str, int] = {}
+        for i, (ref, t) in enumerate(refs):
+            col = t.c(ref.column)
+            fk = p.fks.get(i)
+            if fk is not None and fk.strategy == "cascade" and not p.copy_documents:
+                # the document's rename carries these rows along: journal them first
+                journal_rows = sa.select(
+                    sa.literal(batch_id, sa.BigInteger),
+                    sa.literal(i, sa.SmallInteger),
+                    _pk_values(t, ref.primary_key, ref.column, b.c.new_id),
+                    col,
+                ).select_from(t.table.join(b, col == b.c.old_id))
+            else:
+                moved = (
+                    sa.update(t.table)
+                    .where(col == b.c.old_id)
+                    .values({ref.column: b.c.new_id})
+                    .returning(*[t.c(k) for k in ref.primary_key], b.c.old_id)
+                    .cte(f"moved_{i}")
+                )
+                journal_rows = sa.select(
+                    sa.literal(batch_id, sa.BigInteger),
+                    sa.literal(i, sa.SmallInteger),
+                    sa.func.jsonb_build_array(*[moved.c[k] for k in ref.primary_key]),
+                    moved.c.old_id,
+                )
+            conn.execute(
+                sa.insert(rewrites).from_select(["batch_id", "ref", "pk", "old_id"], journal_rows)
+            )
+            # rowcount is not reported through a data-modifying CTE: count the journal instead
+            rewritten[f"{ref.table}.{ref.column}"] = conn.execute(
+                sa.select(sa.func.count()).where(
+                    rewrites.c.batch_id == batch_id, rewrites.c.ref == i
+                )
+            ).scalar_one()
+        if p.copy_documents:
+            conn.execute(sa.delete(d.table).where(doc_id.in_(sa.select(b.c.old_id))))
+        else:
+            conn.execute(sa.update(d.table).where(doc_id == b.c.old_id).values({dm.id: b.c.new_id}))
+        # verify inside the transaction: nothing left on an old id, every row accounted for
+        for i, (ref, t) in enumerate(refs):
+            left = _count_refs(conn, t, ref.column, b.c.old_id)
+            if left:
+                raise VerificationError(
+                    batch_id, f"{left} rows of {ref.table}.{ref.column} still carry an old id"
+                )
+            now_new = _count_refs(conn, t, ref.column, b.c.new_id)
+            expected = before_new[i] + rewritten[f"{ref.table}.{ref.column}"]
+            if now_new != expected:
+                raise VerificationError(
+                    batch_id,
+                    f"{ref.table}.{ref.column}: {now_new} rows on the new ids, expected {expected}"
+                    f" ({before_new[i]} before, {rewritten[f'{ref.table}.{ref.column}']} moved)",
+                )
+        moved_docs = _count_refs(conn, d, dm.id, b.c.new_id)
+        if moved_docs != moving or _count_refs(conn, d, dm.id, b.c.old_id):
+            raise VerificationError(
+                batch_id, f"{moved_docs} of {moving} documents carry their new id"
+            )
+        seconds = time.monotonic() - started
+        conn.execute(
+            sa.update(batches)
+            .where(batches.c.id == batch_id)
+            .values(documents=moving, rows=rewritten, committed_at=sa.func.now(), seconds=seconds)
+        )
+    return BatchResult(batch_id, moving, len(skipped_ids), rewritten, time.monotonic() - started)
+
+
+def rollback_batch(
+    conn: Connection, settings: Settings, p: Plan, batch_id: int, lock_timeout: timedelta
+) -> int:
+    """Undo one committed batch exactly; returns the documents restored to their old ids.
+
+    Under enforced foreign keys, restoring the healed orphans means a document id that rows
+    still reference disappears again; PostgreSQL's referential triggers would refuse or
+    cascade, so the restore runs with session_replication_role = replica, which turns those
+    triggers off for this transaction only (superuser, or GRANT SET ON PARAMETER). The journal
+    says exactly which rows to move back, so nothing is left to the triggers.
+    """
+    schema = settings.journal_schema
+    md = journal.metadata(schema)
+    id_map, batches, rewrites = (
+        md.tables[f"{schema}.{n}"] for n in ("id_map", "batches", "rewrites")
+    )
+    d = p.tables.documents
+    dm = settings.mapping.documents
+    doc_id = d.c(dm.id)
+    with conn.begin():
+        db.set_local_timeouts(conn, settings.database.statement_timeout, lock_timeout)
+        state = conn.execute(
+            sa.select(batches.c.state).where(batches.c.id == batch_id).with_for_update()
+        ).scalar_one()
+        if state != "committed":
+            return 0
+        if any(fk is not None for fk in p.fks.values()):
+            conn.execute(sa.text("SET LOCAL session_replication_role = replica"))
+        b = _batch_table(conn)
+        conn.execute(
+            sa.insert(b).from_select(
+                ["old_id", "new_id"],
+                sa.select(id_map.c.old_id, id_map.c.new_id).where(
+                    id_map.c.batch_id == batch_id, id_map.c.state == "done"
+                ),
+            )
+        )
+        n = conn.execute(sa.select(sa.func.count()).select_from(b)).scalar_one()
+        conn.execute(sa.select(doc_id).where(doc_id.in_(sa.select(b.c.new_id))).with_for_update())
+        conn.execute(sa.update(d.table).where(doc_id == b.c.new_id).values({dm.id: b.c.old_id}))
+        for i, (ref, t) in enumerate(p.tables.references):
+            col = t.c(ref.column)
+            r = rewrites.alias("r")
+            restored = conn.execute(
+                sa.update(t.table)
+                .where(
+                    r.c.batch_id == batch_id,
+                    r.c.ref == i,
+                    _pk_match(t, ref.primary_key, r.c.pk),
+                    b.c.old_id == r.c.old_id,
+                    col == b.c.new_id,
+                )
+                .values({ref.column: r.c.old_id})
+            ).rowcount
+            journaled = conn.execute(
+                sa.select(sa.func.count()).where(
+                    rewrites.c.batch_id == batch_id, rewrites.c.ref == i
+                )
+            ).scalar_one()
+            if restored != journaled:
+                raise VerificationError(
+                    batch_id,
+                    f"rollback restored {restored} of {journaled} rows of {ref.table}.{ref.column}",
+                )
+        conn.execute(
+            sa.update(id_map)
+            .where(id_map.c.batch_id == batch_id, id_map.c.state == "done")
+            .values(state="rolled_back")
+        )
+        conn.execute(
+            sa.update(batches)
+            .where(batches.c.id == batch_id)
+            .values(state="rolled_back", rolled_back_at=sa.func.now())
+        )
+    return n
+
+
+def run_batches(
+    engine: Engine,
+    settings: Settings,
+    run_id: int,
+    worker: str,
+    size: int,
+    max_batches: int | None = None,
+    on_batch: Callable[[BatchResult], None] | None = None,
+    actor: str | None = None,
+) -> str:
+    """Run batches until the run is done, paused, or `max_batches` ran; returns the run state."""
+    actor = actor or journal.default_actor()
+    with db.connect(engine) as conn:
+        with conn.begin():
+            run = runs.resolve(conn, settings, run_id)
+            if run["config_fingerprint"] != runs.config_fingerprint(settings):
+                raise runs.RunError(
+                    run_id,
+                    "was planned with another mapping or id rule",
+                    "restore the configuration it was created with, or roll it back and create a new run",
+                )
+            if run["state"] in runs.FINISHED:
+                raise runs.RunError(run_id, f"is {run['state']}", "create a new run")
+            if run["state"] == "rolling_back":
+                raise runs.RunError(run_id, "is rolling back", "finish the rollback first")
+            if run["state"] == "paused":
+                raise runs.RunError(
+                    run_id, "is paused", f"`uuidguard migrate resume {run_id}` first"
+                )
+            runs.set_state(
+                conn, settings, run_id, "running", actor, "run", allowed_from=("planned", "running")
+            )
+            p = plan(conn, settings)
+        done = 0
+        while max_batches is None or done < max_batches:
+            with conn.begin():
+                state = runs.resolve(conn, settings, run_id)["state"]
+            if state != "running":
+                return str(state)
+            result = forward_batch(conn, settings, p, run_id, size, worker, timedelta(seconds=2))
+            if result is None:
+                break
+            done += 1
+            if on_batch is not None:
+                on_batch(result)
+        id_map = journal.metadata(settings.journal_schema).tables[
+            f"{settings.journal_schema}.id_map"
+        ]
+        with conn.begin():
+            pending = conn.execute(
+                sa.select(sa.func.count()).where(
+                    id_map.c.run_id == run_id, id_map.c.state == "pending"
+                )
+            ).scalar_one()
+            if pending == 0:
+                runs.set_state(
+                    conn,
+                    settings,
+                    run_id,
+                    "completed",
+                    actor,
+                    "complete",
+                    allowed_from=("running",),
+                )
+            return str(runs.resolve(conn, settings, run_id)["state"])
+
+
+def rollback(
+    engine: Engine,
+    settings: Settings,
+    run_id: int,
+    last: int | None = None,
+    since: Any = None,
+    everything: bool = False,
+    force: bool = False,
+    actor: str | None = None,
+) -> int:
+    """Roll back the last K batches, the batches since a time, or the whole run; newest first."""
+    actor = actor or journal.default_actor()
+    schema = settings.journal_schema
+    batches = journal.metadata(schema).tables[f"{schema}.batches"]
+    with db.connect(engine) as conn:
+        with conn.begin():
+            run = runs.resolve(conn, settings, run_id)
+            if run["state"] == "completed" and not force:
+                raise runs.RunError(
+                    run_id, "is completed", "pass --force to roll back a completed run"
+                )
+            if run["state"] == "rolled_back":
+                raise runs.RunError(run_id, "is already rolled back", "nothing to do")
+            q = sa.select(batches.c.id).where(
+                batches.c.run_id == run_id, batches.c.state == "committed"
+            )
+            if since is not None:
+                q = q.where(batches.c.committed_at >= since)
+            q = q.order_by(batches.c.id.desc())
+            if last is not None:
+                q = q.limit(last)
+            ids = [r[0] for r in conn.execute(q)]
+            target = "rolling_back" if everything else "paused"
+            runs.set_state(
+                conn,
+                settings,
+                run_id,
+                target,
+                actor,
+                "rollback",
+                reason=f"rollback of {len(ids)} batches requested",
+                allowed_from=("planned", "running", "paused", "completed", "rolling_back"),
+            )
+            p = plan(conn, settings)
+        restored = 0
+        for batch_id in ids:
+            restored += rollback_batch(conn, settings, p, batch_id, timedelta(seconds=2))
+        if everything:
+            with conn.begin():
+                runs.set_state(
+                    conn,
+                    settings,
+                    run_id,
+                    "rolled_back",
+                    actor,
+                    "rolled back",
+                    allowed_from=("rolling_back",),
+                )
+        return restored

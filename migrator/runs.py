@@ -1,0 +1,230 @@
+"""Migration runs: creating one (its bounded set of documents), states, status, fingerprints."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection
+
+from migrator import assess, catalog, journal
+from migrator import tables as tables_mod
+from migrator.errors import UsageError, UuidguardError
+from migrator.settings import Settings
+
+Option = Literal["A", "B"]
+ACTIVE = ("planned", "running", "paused", "rolling_back")
+FINISHED = ("completed", "rolled_back", "failed")
+
+
+class RunError(UuidguardError):
+    """A run cannot do what was asked in its current state."""
+
+    def __init__(self, run_id: int | None, problem: str, fix: str) -> None:
+        prefix = f"run {run_id}: " if run_id is not None else ""
+        super().__init__(f"{prefix}{problem}. Fix: {fix}")
+        self.run_id = run_id
+
+
+def config_fingerprint(settings: Settings) -> str:
+    """What a run depends on: the mapping and the id rule. A change makes the journal unsafe."""
+    data = settings.model_dump(mode="json", include={"mapping", "id_rule", "journal_schema"})
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _t(settings: Settings, name: str) -> sa.Table:
+    schema = settings.journal_schema
+    return journal.metadata(schema).tables[f"{schema}.{name}"]
+
+
+def fingerprint(conn: Connection, settings: Settings) -> dict[str, Any]:
+    """An order-independent content fingerprint of every mapped table: rows and a hash sum.
+
+    Each row's text form is hashed and the hashes summed, so the same multiset of rows gives
+    the same value whatever the physical order: what an exact rollback must restore.
+    """
+    mt = tables_mod.reflect(conn, settings)
+    out: dict[str, Any] = {}
+    seen: set[str] = set()
+    for table in [mt.documents.table] + [t.table for _, t in mt.references]:
+        if table.fullname in seen:
+            continue
+        seen.add(table.fullname)
+        row = sa.func.hashtextextended(sa.cast(table.table_valued(), sa.Text), 0)
+        count, total = conn.execute(
+            sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(sa.cast(row, sa.Numeric)), 0))
+        ).one()
+        out[table.fullname] = {"rows": int(count), "hash": str(total)}
+    return out
+
+
+def create(conn: Connection, settings: Settings, option: Option, now: datetime, actor: str) -> int:
+    """Plan a run: fix the set of documents it will re-key, taken from one consistent snapshot."""
+    schema = settings.journal_schema
+    journal.require_current(conn, schema)
+    catalog.strategies(conn, settings)  # refuses unmapped foreign keys before anything is written
+    active = conn.execute(
+        sa.select(_t(settings, "runs").c.id).where(_t(settings, "runs").c.state.in_(ACTIVE))
+    ).scalar_one_or_none()
+    if active is not None:
+        raise RunError(
+            active,
+            "is still active; only one run at a time",
+            f"finish it (`uuidguard migrate run {active}`) or roll it back first",
+        )
+    cl = assess.classify(conn, settings)
+    if not cl.uuid_mode:
+        raise UsageError(
+            "the documents id column or a reference column is not of type uuid",
+            "migrate uuid columns; text id columns are assessed but not yet re-keyed",
+        )
+    recent, frequent, _, _ = assess.priority_conditions(conn, cl.docs, settings, now)
+    runs = _t(settings, "runs")
+    rule = {"namespace": str(settings.id_rule.namespace), "template": settings.id_rule.template}
+    try:
+        run_id = conn.execute(
+            sa.insert(runs)
+            .values(
+                option=option,
+                state="planned",
+                id_rule=rule,
+                config_fingerprint=config_fingerprint(settings),
+                created_by=actor,
+            )
+            .returning(runs.c.id)
+        ).scalar_one()
+    except sa_exc.IntegrityError as exc:
+        raise RunError(None, "another run became active meanwhile", "try again") from exc
+    c = cl.docs.c
+    priority = sa.func.coalesce(sa.or_(recent, frequent, c.invisible), False)
+    chosen = sa.select(
+        sa.literal(run_id, sa.BigInteger),
+        c.key,
+        c.rule,
+        c.user_id,
+        c["class"],
+        priority,
+    ).where(c.rekey)
+    if option == "B":
+        chosen = chosen.where(priority)
+    id_map = _t(settings, "id_map")
+    conn.execute(
+        sa.insert(id_map).from_select(
+            ["run_id", "old_id", "new_id", "user_id", "class", "priority"], chosen
+        )
+    )
+    count = conn.execute(sa.select(sa.func.count()).where(id_map.c.run_id == run_id)).scalar_one()
+    before = fingerprint(conn, settings)
+    conn.execute(
+        sa.update(runs)
+        .where(runs.c.id == run_id)
+        .values(documents=count, fingerprint_before=before)
+    )
+    journal.audit(conn, schema, "create", run_id, {"option": option, "documents": count}, actor)
+    return int(run_id)
+
+
+def resolve(conn: Connection, settings: Settings, run_id: int | None) -> dict[str, Any]:
+    """The run asked for, or the one active run, or the latest; as a dict."""
+    runs = _t(settings, "runs")
+    journal.require_current(conn, settings.journal_schema)
+    q = sa.select(runs)
+    if run_id is not None:
+        row = conn.execute(q.where(runs.c.id == run_id)).mappings().one_or_none()
+        if row is None:
+            raise RunError(run_id, "no such run", "list runs with `uuidguard migrate status`")
+        return dict(row)
+    row = conn.execute(q.where(runs.c.state.in_(ACTIVE))).mappings().one_or_none()
+    if row is None:
+        row = conn.execute(q.order_by(runs.c.id.desc()).limit(1)).mappings().one_or_none()
+    if row is None:
+        raise RunError(None, "there is no run yet", "create one with `uuidguard migrate create`")
+    return dict(row)
+
+
+def set_state(
+    conn: Connection,
+    settings: Settings,
+    run_id: int,
+    state: str,
+    actor: str,
+    action: str,
+    reason: str | None = None,
+    source: str = "cli",
+    allowed_from: tuple[str, ...] = ACTIVE,
+) -> bool:
+    """Move a run to `state` if it is in one of `allowed_from`; audited. False if it was not."""
+    runs = _t(settings, "runs")
+    moved = conn.execute(
+        sa.update(runs)
+        .where(runs.c.id == run_id, runs.c.state.in_(allowed_from))
+        .values(state=state, reason=reason, updated_at=sa.func.now())
+    ).rowcount
+    if moved:
+        journal.audit(
+            conn,
+            settings.journal_schema,
+            action,
+            run_id,
+            {"state": state, "reason": reason},
+            actor,
+            source,
+        )
+    return bool(moved)
+
+
+def status(conn: Connection, settings: Settings, run_id: int | None) -> dict[str, Any]:
+    """A run's state, progress by document state, and its batches' timings."""
+    run = resolve(conn, settings, run_id)
+    id_map, batches = _t(settings, "id_map"), _t(settings, "batches")
+    by_state: dict[str, int] = dict(
+        conn.execute(
+            sa.select(id_map.c.state, sa.func.count())
+            .where(id_map.c.run_id == run["id"])
+            .group_by(id_map.c.state)
+        ).all()
+    )
+    b = conn.execute(
+        sa.select(
+            sa.func.count().filter(batches.c.state == "committed"),
+            sa.func.count().filter(batches.c.state == "rolled_back"),
+            sa.func.count().filter(batches.c.state == "failed"),
+            sa.func.percentile_cont(0.5).within_group(batches.c.seconds),
+            sa.func.percentile_cont(0.99).within_group(batches.c.seconds),
+            sa.func.max(batches.c.seconds),
+            sa.func.sum(batches.c.seconds).filter(batches.c.state == "committed"),
+        ).where(batches.c.run_id == run["id"])
+    ).one()
+    total = int(run["documents"])
+    done = int(by_state.get("done", 0))
+    pending = int(by_state.get("pending", 0))
+    rate = done / b[6] if b[6] else None
+    return {
+        "run": run["id"],
+        "option": run["option"],
+        "state": run["state"],
+        "reason": run["reason"],
+        "created_at": run["created_at"].isoformat(),
+        "documents": {
+            "total": total,
+            "done": done,
+            "pending": pending,
+            "skipped": int(by_state.get("skipped", 0)),
+            "rolled_back": int(by_state.get("rolled_back", 0)),
+        },
+        "percent": round(100 * (total - pending) / total, 2) if total else 100.0,
+        "batches": {
+            "committed": b[0],
+            "rolled_back": b[1],
+            "failed": b[2],
+            "p50_seconds": b[3],
+            "p99_seconds": b[4],
+            "max_seconds": b[5],
+        },
+        "documents_per_second": rate,
+        "eta_seconds": pending / rate if rate else None,
+    }

@@ -1,0 +1,139 @@
+"""The migration engine on real PostgreSQL: re-key everything, then roll back exactly."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+import sqlalchemy as sa
+
+from migrator import assess, dataset, db, journal, runner, runs, seed
+from migrator.idrule import IdRule
+from migrator.settings import Settings
+
+AS_OF = datetime(2026, 6, 1, tzinfo=UTC)
+
+
+def _prepare(settings: Settings, fk: seed.FkMode, documents: int = 300) -> tuple[sa.Engine, dict]:
+    rule = IdRule(settings.id_rule.namespace, settings.id_rule.template)
+    ds = dataset.generate(dataset.DatasetSpec(documents=documents, seed=5, as_of=AS_OF), rule)
+    engine = db.create_engine(settings)
+    with engine.connect() as conn:
+        manifest = seed.seed(conn, ds, "public", fk, replace=False).manifest
+        journal.init(conn, settings.journal_schema)
+    return engine, manifest
+
+
+def _create(engine: sa.Engine, settings: Settings, option: runs.Option = "A") -> int:
+    with engine.connect() as conn, conn.begin():
+        return runs.create(conn, settings, option, AS_OF, "test")
+
+
+def _fingerprint(engine: sa.Engine, settings: Settings) -> dict:
+    with engine.connect() as conn:
+        return runs.fingerprint(conn, settings)
+
+
+@pytest.mark.parametrize("fk", seed.FK_MODES)
+def test_option_a_rekeys_everything_and_rolls_back_exactly(
+    settings: Settings, fk: seed.FkMode
+) -> None:
+    """Every FK variant: all random documents re-keyed, orphans healed, then an exact rollback."""
+    engine, _ = _prepare(settings, fk)
+    before = assess.run(engine, settings, now=AS_OF)
+    run_id = _create(engine, settings)
+    fp_before = _fingerprint(engine, settings)
+    state = runner.run_batches(engine, settings, run_id, "w1", size=40)
+    assert state == "completed"
+    after = assess.run(engine, settings, now=AS_OF)
+    b, a = before["documents"]["by_class"], after["documents"]["by_class"]
+    canonical = before["conflicts"]["canonical"]
+    assert a["random_consistent"] == a["random_mismatched"] == a["random_unprocessed"] == 0
+    assert a["deterministic"] == b["deterministic"] + before["documents"]["to_rekey"]
+    assert a["conflict"] == b["conflict"] - canonical
+    assert a["other"] == b["other"]
+    cb, ca = before["chunks"]["by_class"], after["chunks"]["by_class"]
+    assert ca["orphan_healable"] == 0
+    assert ca["attached"] == cb["attached"] + cb["orphan_healable"]
+    assert ca["orphan_unmatched"] == cb["orphan_unmatched"]
+    fp_after = _fingerprint(engine, settings)
+    assert {k: v["rows"] for k, v in fp_after.items()} == {
+        k: v["rows"] for k, v in fp_before.items()
+    }
+    with engine.connect() as conn:
+        st = runs.status(conn, settings, run_id)
+    assert st["documents"]["done"] == before["documents"]["to_rekey"]
+    assert st["percent"] == 100.0
+    # conflicts untouched: no constraint dropped either
+    with engine.connect() as conn:
+        fks = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND confrelid = 'documents'::regclass"
+            )
+        ).scalar_one()
+    assert fks == (0 if fk == "none" else 3)
+
+    with pytest.raises(runs.RunError):
+        runner.rollback(engine, settings, run_id, everything=True)
+    restored = runner.rollback(engine, settings, run_id, everything=True, force=True)
+    assert restored == before["documents"]["to_rekey"]
+    assert _fingerprint(engine, settings) == fp_before
+    again = assess.run(engine, settings, now=AS_OF)
+    assert again["documents"]["by_class"] == b
+    assert again["chunks"]["by_class"] == cb
+    with engine.connect() as conn:
+        assert runs.status(conn, settings, run_id)["state"] == "rolled_back"
+
+
+def test_roll_back_last_batches_then_continue(settings: Settings) -> None:
+    """Rolling back the last K batches mid-run restores them; the run then continues to the end."""
+    engine, _ = _prepare(settings, "none", documents=800)
+    run_id = _create(engine, settings)
+    fp_before = _fingerprint(engine, settings)
+    assert runner.run_batches(engine, settings, run_id, "w1", size=25, max_batches=4) == "running"
+    restored = runner.rollback(engine, settings, run_id, last=2)
+    assert restored == 50
+    with engine.connect() as conn:
+        st = runs.status(conn, settings, run_id)
+    assert st["state"] == "paused"
+    assert st["documents"]["done"] == 50 and st["documents"]["rolled_back"] == 50
+    with engine.begin() as conn:
+        runs.set_state(
+            conn, settings, run_id, "running", "test", "resume", allowed_from=("paused",)
+        )
+    assert runner.run_batches(engine, settings, run_id, "w1", size=100) == "completed"
+    runner.rollback(engine, settings, run_id, everything=True, force=True)
+    assert _fingerprint(engine, settings) == fp_before
+
+
+def test_pause_stops_before_the_next_batch(settings: Settings) -> None:
+    """A pause recorded by another connection takes effect before the next batch."""
+    engine, _ = _prepare(settings, "strict")
+    run_id = _create(engine, settings)
+    seen = []
+
+    def pause_after_first(result: runner.BatchResult) -> None:
+        seen.append(result.batch_id)
+        with engine.begin() as other:
+            runs.set_state(other, settings, run_id, "paused", "test", "pause")
+
+    state = runner.run_batches(engine, settings, run_id, "w1", size=10, on_batch=pause_after_first)
+    assert state == "paused" and len(seen) == 1
+
+
+def test_second_active_run_and_missing_journal_are_refused(settings: Settings) -> None:
+    """No journal: a clear error naming `uuidguard init`; a second active run: refused."""
+    rule = IdRule(settings.id_rule.namespace, settings.id_rule.template)
+    ds = dataset.generate(dataset.DatasetSpec(documents=50, seed=5, as_of=AS_OF), rule)
+    engine = db.create_engine(settings)
+    with engine.connect() as conn:
+        seed.seed(conn, ds, "public", "none", replace=False)
+    with pytest.raises(journal.JournalError, match="uuidguard init"):
+        _create(engine, settings)
+    with engine.connect() as conn:
+        assert journal.init(conn, settings.journal_schema)[0] is None
+        assert journal.init(conn, settings.journal_schema)[0] == journal.head()  # idempotent
+    first = _create(engine, settings)
+    with pytest.raises(runs.RunError) as info:
+        _create(engine, settings)
+    assert info.value.run_id == first
