@@ -16,15 +16,21 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 
 from migrator import catalog, db, journal, runs
 from migrator import tables as tables_mod
 from migrator.errors import UuidguardError
+from migrator.pace import Pace
 from migrator.settings import Settings
 
 BATCH = "ug_batch"
+MAX_CONTENTION_RETRIES = 20
+# lock_timeout and deadlocks: worth retrying the whole batch
+_CONTENTION = (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected)
 
 
 class VerificationError(UuidguardError):
@@ -344,12 +350,18 @@ def run_batches(
     settings: Settings,
     run_id: int,
     worker: str,
-    size: int,
+    pace: Pace,
     max_batches: int | None = None,
     on_batch: Callable[[BatchResult], None] | None = None,
     actor: str | None = None,
+    lock_timeout: timedelta = timedelta(seconds=2),
 ) -> str:
-    """Run batches until the run is done, paused, or `max_batches` ran; returns the run state."""
+    """Run batches until the run is done, paused, or `max_batches` ran; returns the run state.
+
+    Lock timeouts and deadlocks are expected on a live database: the batch is rolled back
+    whole, the size halved, and it is retried after a capped exponential backoff. A batch whose
+    own verification fails pauses the run with the reason, and the error is raised.
+    """
     actor = actor or journal.default_actor()
     with db.connect(engine) as conn:
         with conn.begin():
@@ -372,16 +384,34 @@ def run_batches(
                 conn, settings, run_id, "running", actor, "run", allowed_from=("planned", "running")
             )
             p = plan(conn, settings)
-        done = 0
+        done = retries = 0
         while max_batches is None or done < max_batches:
             with conn.begin():
                 state = runs.resolve(conn, settings, run_id)["state"]
             if state != "running":
                 return str(state)
-            result = forward_batch(conn, settings, p, run_id, size, worker, timedelta(seconds=2))
+            try:
+                result = forward_batch(conn, settings, p, run_id, pace.size, worker, lock_timeout)
+            except sa_exc.OperationalError as exc:
+                if not isinstance(exc.orig, _CONTENTION):
+                    raise
+                retries += 1
+                if retries > MAX_CONTENTION_RETRIES:
+                    raise
+                pace.on_lock_timeout()
+                time.sleep(min(0.05 * 2**retries, 5.0))
+                continue
+            except VerificationError as exc:
+                with conn.begin():
+                    runs.set_state(
+                        conn, settings, run_id, "paused", actor, "pause", reason=str(exc)
+                    )
+                raise
             if result is None:
                 break
+            retries = 0
             done += 1
+            pace.observe(result.documents + result.skipped, result.seconds)
             if on_batch is not None:
                 on_batch(result)
         id_map = journal.metadata(settings.journal_schema).tables[

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import sys
 import time
 from datetime import UTC, datetime
@@ -18,11 +20,12 @@ from rich.markup import escape
 
 from migrator import assess as assess_mod
 from migrator import calibrate as calibrate_mod
-from migrator import dataset, db, embedded
+from migrator import dataset, db, embedded, journal, runner, runs
 from migrator import seed as seed_mod
 from migrator import settings as settings_mod
 from migrator.errors import UsageError, UuidguardError
 from migrator.idrule import IdRule
+from migrator.pace import Pace
 from migrator.reports import assessment as assessment_report
 
 app = typer.Typer(
@@ -36,8 +39,12 @@ config_app = typer.Typer(help="Inspect the resolved configuration.", no_args_is_
 db_app = typer.Typer(
     help="The embedded PostgreSQL server (used when no DSN is configured).", no_args_is_help=True
 )
+migrate_app = typer.Typer(
+    help="Re-key documents online: plan, run, pause, roll back.", no_args_is_help=True
+)
 app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
+app.add_typer(migrate_app, name="migrate")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -379,6 +386,204 @@ def assess(
         sys.stdout.write(assessment_report.to_json(report))
     else:
         sys.stdout.write(assessment_report.to_markdown(report, target) + "\n")
+
+
+# ------------------------------------------------------------------------------- migrate
+
+RunArg = Annotated[
+    int | None,
+    typer.Argument(help="Run id (default: the active run, else the latest).", show_default=False),
+]
+
+
+@app.command()
+def init(config: ConfigOpt = None, dsn: DsnOpt = None, debug: DebugOpt = False) -> None:
+    """Create or upgrade the journal schema in the target database (idempotent)."""
+    s = load(config, dsn)
+    engine = db.create_engine(s)
+    with db.connect(engine) as conn, db.translate_errors("journal init"):
+        before, after = journal.init(conn, s.journal_schema)
+    what = (
+        "created"
+        if before is None
+        else ("already current" if before == after else f"upgraded from {before}")
+    )
+    out.print(f"journal schema {s.journal_schema} at revision {after} ({what})", markup=False)
+
+
+@migrate_app.command("create")
+def migrate_create(
+    option: Annotated[
+        str, typer.Option("--option", help="A: every random document; B: priority documents only.")
+    ] = "A",
+    format: Annotated[Format, typer.Option("--format")] = Format.md,
+    config: ConfigOpt = None,
+    dsn: DsnOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Plan a run: fix the documents it will re-key. Prints the run id."""
+    if option not in ("A", "B"):
+        raise UsageError(f"unknown option {option!r}", "use --option A or --option B")
+    s = load(config, dsn)
+    engine = db.create_engine(s)
+    with db.connect(engine) as conn, db.translate_errors("planning the run"), conn.begin():
+        db.set_local_timeouts(conn, s.database.statement_timeout)
+        run_id = runs.create(conn, s, option, datetime.now(UTC), journal.default_actor())  # type: ignore[arg-type]
+        st = runs.status(conn, s, run_id)
+    if format is Format.json:
+        out.print_json(json.dumps({"run": run_id, "documents": st["documents"]["total"]}))
+    else:
+        out.print(
+            f"run {run_id} planned: option {option}, {st['documents']['total']:,} documents to re-key"
+        )
+
+
+@migrate_app.command("run")
+def migrate_run(
+    run: RunArg = None,
+    max_batches: Annotated[
+        int | None, typer.Option(min=1, help="Stop after K batches (start small).")
+    ] = None,
+    batch_time: Annotated[float, typer.Option(min=0.01, help="Target seconds per batch.")] = 0.2,
+    batch_size: Annotated[int, typer.Option(min=1, help="Starting batch size, in documents.")] = 50,
+    min_batch: Annotated[int, typer.Option(min=1)] = 10,
+    max_batch: Annotated[int, typer.Option(min=1)] = 5000,
+    config: ConfigOpt = None,
+    dsn: DsnOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Run batches in the foreground until done, paused, or --max-batches; running again resumes."""
+    s = load(config, dsn)
+    engine = db.create_engine(s)
+    with db.connect(engine) as conn, conn.begin():
+        run_id = int(runs.resolve(conn, s, run)["id"])
+    pace = Pace(target_seconds=batch_time, min_size=min_batch, max_size=max_batch, size=batch_size)
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    moved = 0
+
+    def report(result: runner.BatchResult) -> None:
+        nonlocal moved
+        moved += result.documents
+        err.print(
+            f"batch {result.batch_id}: {result.documents} documents in {result.seconds:.3f} s "
+            f"(next {pace.size}); {moved:,} this session",
+            markup=False,
+        )
+
+    with db.translate_errors("migration run"):
+        state = runner.run_batches(engine, s, run_id, worker, pace, max_batches, report)
+    out.print(f"run {run_id} is {state}; {moved:,} documents re-keyed in this session")
+
+
+@migrate_app.command("pause")
+def migrate_pause(
+    run: RunArg = None, config: ConfigOpt = None, dsn: DsnOpt = None, debug: DebugOpt = False
+) -> None:
+    """Pause a run: it stops before its next batch, on every worker."""
+    _transition(run, config, dsn, "paused", "pause", ("planned", "running"))
+
+
+@migrate_app.command("resume")
+def migrate_resume(
+    run: RunArg = None, config: ConfigOpt = None, dsn: DsnOpt = None, debug: DebugOpt = False
+) -> None:
+    """Resume a paused run (then `uuidguard migrate run` continues it)."""
+    _transition(run, config, dsn, "running", "resume", ("paused",))
+
+
+def _transition(
+    run: int | None,
+    config: Path | None,
+    dsn: str | None,
+    state: str,
+    action: str,
+    allowed: tuple[str, ...],
+) -> None:
+    s = load(config, dsn)
+    engine = db.create_engine(s)
+    with db.connect(engine) as conn, conn.begin():
+        current = runs.resolve(conn, s, run)
+        if not runs.set_state(
+            conn, s, current["id"], state, journal.default_actor(), action, allowed_from=allowed
+        ):
+            raise runs.RunError(
+                current["id"],
+                f"is {current['state']}, cannot {action}",
+                "see `uuidguard migrate status`",
+            )
+    out.print(f"run {current['id']} is {state}")
+
+
+@migrate_app.command("rollback")
+def migrate_rollback(
+    run: RunArg = None,
+    last: Annotated[int | None, typer.Option("--last", min=1, help="The last K batches.")] = None,
+    since: Annotated[
+        datetime | None, typer.Option("--since", help="Batches committed since this time.")
+    ] = None,
+    all_: Annotated[bool, typer.Option("--all", help="The whole run.")] = False,
+    force: Annotated[bool, typer.Option(help="Needed to roll back a completed run.")] = False,
+    config: ConfigOpt = None,
+    dsn: DsnOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Roll back batches exactly, newest first: --last K, --since TIME, or --all."""
+    if sum(x is not None and x is not False for x in (last, since, all_ or None)) != 1:
+        raise UsageError(
+            "say what to roll back", "give exactly one of --last K, --since TIME, --all"
+        )
+    s = load(config, dsn)
+    engine = db.create_engine(s)
+    with db.connect(engine) as conn, conn.begin():
+        run_id = int(runs.resolve(conn, s, run)["id"])
+    with db.translate_errors("rollback"):
+        restored = runner.rollback(
+            engine,
+            s,
+            run_id,
+            last=last,
+            since=_aware(since) if since else None,
+            everything=all_,
+            force=force,
+        )
+    out.print(f"run {run_id}: {restored:,} documents back on their old ids")
+
+
+@migrate_app.command("status")
+def migrate_status(
+    run: RunArg = None,
+    format: Annotated[Format, typer.Option("--format")] = Format.md,
+    config: ConfigOpt = None,
+    dsn: DsnOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """A run's state, progress, batch timings and ETA."""
+    s = load(config, dsn)
+    engine = db.create_engine(s)
+    with db.connect(engine) as conn, conn.begin():
+        st = runs.status(conn, s, run)
+    if format is Format.json:
+        out.print_json(json.dumps(st, default=str))
+        return
+    d, b = st["documents"], st["batches"]
+    out.print(
+        f"run {st['run']} (option {st['option']}): {st['state']}"
+        + (f" — {st['reason']}" if st["reason"] else ""),
+        markup=False,
+    )
+    out.print(
+        f"documents: {d['done']:,} done, {d['pending']:,} pending, {d['skipped']:,} skipped, "
+        f"{d['rolled_back']:,} rolled back of {d['total']:,} ({st['percent']:.1f}%)"
+    )
+    if b["committed"] or b["rolled_back"]:
+        out.print(
+            f"batches: {b['committed']:,} committed, {b['rolled_back']:,} rolled back; "
+            f"p50 {b['p50_seconds'] or 0:.3f} s, p99 {b['p99_seconds'] or 0:.3f} s, max {b['max_seconds'] or 0:.3f} s"
+        )
+    if st["eta_seconds"] is not None and d["pending"]:
+        out.print(
+            f"rate {st['documents_per_second']:,.0f} documents/s; ETA {st['eta_seconds']:,.0f} s"
+        )
 
 
 # ------------------------------------------------------------------------------------ demo

@@ -210,3 +210,31 @@ def test_demo_on_the_embedded_server_then_stop(tmp_path: Path) -> None:
         stop = run("db", "stop", env=env, cwd=tmp_path)
     assert stop.returncode == 0 and "stopped" in stop.stdout
     assert run("db", "status", env=env, cwd=tmp_path).returncode == 1
+
+
+def test_migrate_from_the_command_line(seeded: tuple[str, dict]) -> None:
+    """init, create, run a few batches, pause, resume, finish, roll back: each a clear step."""
+    url, manifest = seeded
+    assert "uuidguard init" in run("migrate", "create", "--dsn", url).stderr
+    assert "created" in run("init", "--dsn", url).stdout
+    created = run("migrate", "create", "--format", "json", "--dsn", url)
+    assert created.returncode == 0, created.stderr
+    run_id = json.loads(created.stdout)["run"]
+    assert run("migrate", "create", "--dsn", url).returncode == 2  # one active run at a time
+    first = run("migrate", "run", "--max-batches", "2", "--batch-size", "20", "--dsn", url)
+    assert first.returncode == 0, first.stderr
+    status = json.loads(run("migrate", "status", "--format", "json", "--dsn", url).stdout)
+    assert status["run"] == run_id and status["state"] == "running"
+    assert 0 < status["documents"]["done"] < status["documents"]["total"]
+    assert run("migrate", "pause", "--dsn", url).returncode == 0
+    paused = run("migrate", "run", "--dsn", url)
+    assert paused.returncode == 2 and "resume" in paused.stderr
+    assert run("migrate", "resume", str(run_id), "--dsn", url).returncode == 0
+    assert "is completed" in run("migrate", "run", "--dsn", url).stdout
+    assert run("migrate", "rollback", "--all", "--dsn", url).returncode == 2  # completed: --force
+    back = run("migrate", "rollback", "--all", "--force", "--dsn", url)
+    assert back.returncode == 0, back.stderr
+    after = json.loads(run("assess", "--format", "json", "--dsn", url).stdout)
+    assert after["documents"]["by_class"] == manifest["documents"]["by_class"]
+    assert after["chunks"]["by_class"] == manifest["chunks"]["by_class"]
+    assert run("migrate", "status", "999", "--dsn", url).returncode == 2

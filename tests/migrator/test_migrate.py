@@ -9,6 +9,7 @@ import sqlalchemy as sa
 
 from migrator import assess, dataset, db, journal, runner, runs, seed
 from migrator.idrule import IdRule
+from migrator.pace import Pace
 from migrator.settings import Settings
 
 AS_OF = datetime(2026, 6, 1, tzinfo=UTC)
@@ -43,7 +44,9 @@ def test_option_a_rekeys_everything_and_rolls_back_exactly(
     before = assess.run(engine, settings, now=AS_OF)
     run_id = _create(engine, settings)
     fp_before = _fingerprint(engine, settings)
-    state = runner.run_batches(engine, settings, run_id, "w1", size=40)
+    state = runner.run_batches(
+        engine, settings, run_id, "w1", pace=Pace(size=40, min_size=40, max_size=40)
+    )
     assert state == "completed"
     after = assess.run(engine, settings, now=AS_OF)
     b, a = before["documents"]["by_class"], after["documents"]["by_class"]
@@ -90,7 +93,17 @@ def test_roll_back_last_batches_then_continue(settings: Settings) -> None:
     engine, _ = _prepare(settings, "none", documents=800)
     run_id = _create(engine, settings)
     fp_before = _fingerprint(engine, settings)
-    assert runner.run_batches(engine, settings, run_id, "w1", size=25, max_batches=4) == "running"
+    assert (
+        runner.run_batches(
+            engine,
+            settings,
+            run_id,
+            "w1",
+            pace=Pace(size=25, min_size=25, max_size=25),
+            max_batches=4,
+        )
+        == "running"
+    )
     restored = runner.rollback(engine, settings, run_id, last=2)
     assert restored == 50
     with engine.connect() as conn:
@@ -101,7 +114,12 @@ def test_roll_back_last_batches_then_continue(settings: Settings) -> None:
         runs.set_state(
             conn, settings, run_id, "running", "test", "resume", allowed_from=("paused",)
         )
-    assert runner.run_batches(engine, settings, run_id, "w1", size=100) == "completed"
+    assert (
+        runner.run_batches(
+            engine, settings, run_id, "w1", pace=Pace(size=100, min_size=100, max_size=100)
+        )
+        == "completed"
+    )
     runner.rollback(engine, settings, run_id, everything=True, force=True)
     assert _fingerprint(engine, settings) == fp_before
 
@@ -117,7 +135,14 @@ def test_pause_stops_before_the_next_batch(settings: Settings) -> None:
         with engine.begin() as other:
             runs.set_state(other, settings, run_id, "paused", "test", "pause")
 
-    state = runner.run_batches(engine, settings, run_id, "w1", size=10, on_batch=pause_after_first)
+    state = runner.run_batches(
+        engine,
+        settings,
+        run_id,
+        "w1",
+        pace=Pace(size=10, min_size=10, max_size=10),
+        on_batch=pause_after_first,
+    )
     assert state == "paused" and len(seen) == 1
 
 

@@ -128,3 +128,19 @@ def test_embeddings_follow_chunks_one_to_one() -> None:
     for chunk, emb in zip(ds.chunks(), ds.embeddings(), strict=True):
         assert emb[1] == chunk[0] and emb[2] == chunk[1]
         assert emb[4] == textvec.embed_text(chunk[4], SPEC.dim)
+
+
+def test_pace_moves_toward_the_target_with_capped_growth() -> None:
+    """Fast batches grow the size by at most the cap per step; a lock timeout halves it."""
+    from migrator.pace import Pace
+
+    pace = Pace(target_seconds=0.2, min_size=10, max_size=1000, size=100, growth_cap=1.5)
+    assert pace.observe(100, 0.02) == 150  # 5,000 docs/s wants 1,000; the cap allows 150
+    assert pace.observe(150, 0.03) == 225
+    for _ in range(20):
+        pace.observe(pace.size, pace.size / 5000)
+    assert pace.size == 1000  # bounded by max_size
+    assert pace.on_lock_timeout() == 500
+    slow = Pace(target_seconds=0.2, min_size=10, max_size=1000, size=400)
+    assert slow.observe(400, 2.0) == 40  # 200 docs/s: 0.2 s is 40 documents
+    assert slow.observe(40, 10.0) >= 10

@@ -1,0 +1,42 @@
+"""Batch size toward a target batch time. No I/O.
+
+pt-online-schema-change's --chunk-time idea with GitLab's growth cap: the rate is smoothed
+over recent batches, a step may grow the size by at most `growth_cap`, and a lock timeout
+halves it at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Pace:
+    target_seconds: float = 0.2
+    min_size: int = 10
+    max_size: int = 5000
+    size: int = 100
+    growth_cap: float = 1.5
+    #: weight of the newest batch in the smoothed rate
+    alpha: float = 0.4
+    rate: float | None = None
+
+    def observe(self, documents: int, seconds: float) -> int:
+        """Account for a committed batch; returns the size for the next one."""
+        if documents > 0 and seconds > 0:
+            current = documents / seconds
+            self.rate = (
+                current
+                if self.rate is None
+                else self.alpha * current + (1 - self.alpha) * self.rate
+            )
+            desired = self.rate * self.target_seconds
+            self.size = self._bounded(min(desired, self.size * self.growth_cap))
+        return self.size
+
+    def on_lock_timeout(self) -> int:
+        self.size = self._bounded(self.size / 2)
+        return self.size
+
+    def _bounded(self, size: float) -> int:
+        return max(self.min_size, min(self.max_size, int(size)))
