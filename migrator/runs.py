@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.engine import Connection
 
 from migrator import assess, catalog, journal
@@ -42,23 +43,43 @@ def _t(settings: Settings, name: str) -> sa.Table:
 
 
 def fingerprint(conn: Connection, settings: Settings) -> dict[str, Any]:
-    """An order-independent content fingerprint of every mapped table: rows and a hash sum.
+    """An order-independent fingerprint of every mapped table: rows, a hash of whole rows, and
+    a hash of their content without the document-id columns.
 
-    Each row's text form is hashed and the hashes summed, so the same multiset of rows gives
-    the same value whatever the physical order: what an exact rollback must restore.
+    Each row is hashed and the hashes summed, so the same multiset of rows gives the same value
+    whatever the physical order. The whole-row hash is what an exact rollback must restore;
+    the content hash must survive re-keying unchanged, since only ids may move.
     """
     mt = tables_mod.reflect(conn, settings)
+    id_columns: dict[str, set[str]] = {mt.documents.table.fullname: {settings.mapping.documents.id}}
+    for ref, t in mt.references:
+        id_columns.setdefault(t.table.fullname, set()).add(ref.column)
     out: dict[str, Any] = {}
-    seen: set[str] = set()
     for table in [mt.documents.table] + [t.table for _, t in mt.references]:
-        if table.fullname in seen:
+        if table.fullname in out:
             continue
-        seen.add(table.fullname)
-        row = sa.func.hashtextextended(sa.cast(table.table_valued(), sa.Text), 0)
-        count, total = conn.execute(
-            sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(sa.cast(row, sa.Numeric)), 0))
+        whole = sa.func.hashtextextended(sa.cast(table.table_valued(), sa.Text), 0)
+        content = sa.func.hashtextextended(
+            sa.cast(
+                sa.func.to_jsonb(table.table_valued()).op("-")(
+                    sa.cast(sorted(id_columns[table.fullname]), pg.ARRAY(sa.Text))
+                ),
+                sa.Text,
+            ),
+            0,
+        )
+        count, total, content_total = conn.execute(
+            sa.select(
+                sa.func.count(),
+                sa.func.coalesce(sa.func.sum(sa.cast(whole, sa.Numeric)), 0),
+                sa.func.coalesce(sa.func.sum(sa.cast(content, sa.Numeric)), 0),
+            )
         ).one()
-        out[table.fullname] = {"rows": int(count), "hash": str(total)}
+        out[table.fullname] = {
+            "rows": int(count),
+            "hash": str(total),
+            "content": str(content_total),
+        }
     return out
 
 

@@ -20,7 +20,7 @@ from rich.markup import escape
 
 from migrator import assess as assess_mod
 from migrator import calibrate as calibrate_mod
-from migrator import dataset, db, embedded, journal, runner, runs
+from migrator import dataset, db, embedded, journal, runner, runs, verify
 from migrator import seed as seed_mod
 from migrator import settings as settings_mod
 from migrator.errors import UsageError, UuidguardError
@@ -584,6 +584,32 @@ def migrate_status(
         out.print(
             f"rate {st['documents_per_second']:,.0f} documents/s; ETA {st['eta_seconds']:,.0f} s"
         )
+
+
+@migrate_app.command("verify")
+def migrate_verify(
+    run: RunArg = None,
+    format: Annotated[Format, typer.Option("--format")] = Format.md,
+    config: ConfigOpt = None,
+    dsn: DsnOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Validate a run: no old id left anywhere, rows and content unchanged, chunks reachable. Exit 1 on failure."""
+    s = load(config, dsn)
+    report = verify.run(db.create_engine(s), s, run)
+    if format is Format.json:
+        out.print_json(json.dumps(report, default=str))
+    else:
+        out.print(
+            f"run {report['run']} ({report['state']}): {'all checks pass' if report['ok'] else 'FAILED'}"
+        )
+        for c in report["checks"]:
+            mark = "ok  " if c["ok"] else "FAIL"
+            extra = f" — {c['detail']}" if c["detail"] else ""
+            failures = "" if c["ok"] else f" ({c['failures']:,})"
+            out.print(f"  {mark} {c['check']}{failures}{extra}", markup=False)
+    if not report["ok"]:
+        raise typer.Exit(1)
 
 
 # ------------------------------------------------------------------------------------ demo

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 import sqlalchemy as sa
 
-from migrator import assess, dataset, db, journal, runner, runs, seed
+from migrator import assess, dataset, db, journal, runner, runs, seed, verify
 from migrator.idrule import IdRule
 from migrator.pace import Pace
 from migrator.settings import Settings
@@ -60,9 +60,12 @@ def test_option_a_rekeys_everything_and_rolls_back_exactly(
     assert ca["attached"] == cb["attached"] + cb["orphan_healable"]
     assert ca["orphan_unmatched"] == cb["orphan_unmatched"]
     fp_after = _fingerprint(engine, settings)
-    assert {k: v["rows"] for k, v in fp_after.items()} == {
-        k: v["rows"] for k, v in fp_before.items()
-    }
+    # same rows, same content: only the document-id columns moved
+    for table, before_fp in fp_before.items():
+        assert fp_after[table]["rows"] == before_fp["rows"]
+        assert fp_after[table]["content"] == before_fp["content"]
+    report = verify.run(engine, settings, run_id)
+    assert report["ok"], report
     with engine.connect() as conn:
         st = runs.status(conn, settings, run_id)
     assert st["documents"]["done"] == before["documents"]["to_rekey"]
@@ -86,6 +89,7 @@ def test_option_a_rekeys_everything_and_rolls_back_exactly(
     assert again["chunks"]["by_class"] == cb
     with engine.connect() as conn:
         assert runs.status(conn, settings, run_id)["state"] == "rolled_back"
+    assert verify.run(engine, settings, run_id)["ok"]
 
 
 def test_roll_back_last_batches_then_continue(settings: Settings) -> None:
@@ -162,3 +166,28 @@ def test_second_active_run_and_missing_journal_are_refused(settings: Settings) -
     with pytest.raises(runs.RunError) as info:
         _create(engine, settings)
     assert info.value.run_id == first
+
+
+def test_verify_catches_a_reference_left_behind(settings: Settings) -> None:
+    """Verification fails, naming the check, when a row still points at an old id."""
+    engine, _ = _prepare(settings, "none")
+    run_id = _create(engine, settings)
+    runner.run_batches(engine, settings, run_id, "w1", pace=Pace(size=100))
+    with engine.begin() as conn:
+        old, new = conn.execute(
+            sa.text(
+                "SELECT m.old_id, m.new_id FROM uuidguard.id_map m"
+                " WHERE m.class = 'random_consistent' AND m.state = 'done' LIMIT 1"
+            )
+        ).one()
+        conn.execute(
+            sa.text(
+                "UPDATE document_chunks SET document_id = :old WHERE id ="
+                " (SELECT id FROM document_chunks WHERE document_id = :new LIMIT 1)"
+            ),
+            {"old": old, "new": new},
+        )
+    report = verify.run(engine, settings, run_id)
+    assert not report["ok"]
+    failed = [c["check"] for c in report["checks"] if not c["ok"]]
+    assert failed == ["no document_chunks.document_id carries an old id"]
