@@ -545,7 +545,8 @@ def render(
         "",
         f"- Date: {now:%Y-%m-%d %H:%M} UTC",
         f"- Machine: {info['cpus']} CPUs (`nproc`), {info['cpu']}, {info['memory']} memory",
-        f"- PostgreSQL {info['postgres']} ({where}: {info['pg_settings']})",
+        f"- PostgreSQL {info['postgres']} ({where}: {info['pg_settings']}; the assessment"
+        " sets work_mem for its own transaction from `assess.work_mem`, 64MB by default)",
         f"- Code: commit {info['revision']}",
         "- Reproduce (from the project root):",
         "",
