@@ -44,6 +44,16 @@ class VerificationError(UuidguardError):
         self.batch_id = batch_id
 
 
+class WorkerError(UuidguardError):
+    """Some worker processes of a multi-worker run failed."""
+
+    def __init__(self, failed: int, workers: int) -> None:
+        super().__init__(
+            f"{failed} of {workers} workers failed (their batches were rolled back whole). Fix: "
+            "read their error above, then run `uuidguard migrate run` again to continue"
+        )
+
+
 @dataclass
 class Plan:
     """What the engine needs to know about the schema, read once per worker."""
@@ -131,6 +141,15 @@ def forward_batch(
     started = time.monotonic()
     with conn.begin():
         db.set_local_timeouts(conn, settings.database.statement_timeout, lock_timeout)
+        conn.execute(
+            sa.select(
+                sa.func.set_config(
+                    "idle_in_transaction_session_timeout",
+                    f"{int(settings.migrate.lease.total_seconds() * 1000)}ms",
+                    True,
+                )
+            )
+        )
         b = _batch_table(conn)
         claim = (
             sa.select(id_map.c.old_id)
@@ -408,22 +427,19 @@ def run_batches(
                     )
                 raise
             if result is None:
-                break
+                # nothing claimable: done, or other workers hold the rest (their rows come
+                # back as pending if they die, so keep looking until none is pending)
+                if _pending(conn, settings, run_id) == 0:
+                    break
+                time.sleep(0.2)
+                continue
             retries = 0
             done += 1
             pace.observe(result.documents + result.skipped, result.seconds)
             if on_batch is not None:
                 on_batch(result)
-        id_map = journal.metadata(settings.journal_schema).tables[
-            f"{settings.journal_schema}.id_map"
-        ]
         with conn.begin():
-            pending = conn.execute(
-                sa.select(sa.func.count()).where(
-                    id_map.c.run_id == run_id, id_map.c.state == "pending"
-                )
-            ).scalar_one()
-            if pending == 0:
+            if _pending(conn, settings, run_id, autocommit=False) == 0:
                 runs.set_state(
                     conn,
                     settings,
@@ -434,6 +450,16 @@ def run_batches(
                     allowed_from=("running",),
                 )
             return str(runs.resolve(conn, settings, run_id)["state"])
+
+
+def _pending(conn: Connection, settings: Settings, run_id: int, autocommit: bool = True) -> int:
+    schema = settings.journal_schema
+    id_map = journal.metadata(schema).tables[f"{schema}.id_map"]
+    query = sa.select(sa.func.count()).where(id_map.c.run_id == run_id, id_map.c.state == "pending")
+    if not autocommit:
+        return int(conn.execute(query).scalar_one())
+    with conn.begin():
+        return int(conn.execute(query).scalar_one())
 
 
 def rollback(

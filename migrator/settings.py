@@ -220,6 +220,19 @@ class AssessSettings(_Section):
     top_users: int = Field(20, ge=0, le=1000)
 
 
+class MigrateSettings(_Section):
+    """How batches run."""
+
+    batch_time: float = Field(0.2, gt=0, description="target seconds per batch")
+    min_batch: int = Field(10, ge=1)
+    max_batch: int = Field(5000, ge=1)
+    start_batch: int = Field(50, ge=1)
+    lock_timeout: Duration = timedelta(seconds=2)
+    #: a worker that stops talking mid-batch loses its claim after this long: PostgreSQL ends
+    #: the idle transaction, rolls the batch back, and another worker takes the documents
+    lease: Duration = timedelta(minutes=2)
+
+
 class Settings(BaseSettings):
     """Everything uuidguard reads at start; passed down, never read from globals."""
 
@@ -235,6 +248,7 @@ class Settings(BaseSettings):
     mapping: SchemaMapping = SchemaMapping()
     id_rule: IdRuleSettings = IdRuleSettings()
     assess: AssessSettings = AssessSettings()
+    migrate: MigrateSettings = MigrateSettings()
     journal_schema: Identifier = "uuidguard"
 
     @model_validator(mode="after")

@@ -27,6 +27,7 @@ from migrator.errors import UsageError, UuidguardError
 from migrator.idrule import IdRule
 from migrator.pace import Pace
 from migrator.reports import assessment as assessment_report
+from monitor.workers import run_workers
 
 app = typer.Typer(
     name="uuidguard",
@@ -444,10 +445,18 @@ def migrate_run(
     max_batches: Annotated[
         int | None, typer.Option(min=1, help="Stop after K batches (start small).")
     ] = None,
-    batch_time: Annotated[float, typer.Option(min=0.01, help="Target seconds per batch.")] = 0.2,
-    batch_size: Annotated[int, typer.Option(min=1, help="Starting batch size, in documents.")] = 50,
-    min_batch: Annotated[int, typer.Option(min=1)] = 10,
-    max_batch: Annotated[int, typer.Option(min=1)] = 5000,
+    batch_time: Annotated[
+        float | None,
+        typer.Option(min=0.01, help="Target seconds per batch (default migrate.batch_time)."),
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, help="Starting batch size, in documents.")
+    ] = None,
+    min_batch: Annotated[int | None, typer.Option(min=1)] = None,
+    max_batch: Annotated[int | None, typer.Option(min=1)] = None,
+    workers: Annotated[
+        int, typer.Option(min=1, max=64, help="Worker processes claiming batches together.")
+    ] = 1,
     config: ConfigOpt = None,
     dsn: DsnOpt = None,
     debug: DebugOpt = False,
@@ -457,7 +466,13 @@ def migrate_run(
     engine = db.create_engine(s)
     with db.connect(engine) as conn, conn.begin():
         run_id = int(runs.resolve(conn, s, run)["id"])
-    pace = Pace(target_seconds=batch_time, min_size=min_batch, max_size=max_batch, size=batch_size)
+    ms = s.migrate
+    pace = Pace(
+        target_seconds=batch_time or ms.batch_time,
+        min_size=min_batch or ms.min_batch,
+        max_size=max_batch or ms.max_batch,
+        size=batch_size or ms.start_batch,
+    )
     worker = f"{socket.gethostname()}:{os.getpid()}"
     moved = 0
 
@@ -471,7 +486,10 @@ def migrate_run(
         )
 
     with db.translate_errors("migration run"):
-        state = runner.run_batches(engine, s, run_id, worker, pace, max_batches, report)
+        if workers > 1:
+            state = run_workers(s, config, dsn, run_id, pace, workers, max_batches, report)
+        else:
+            state = runner.run_batches(engine, s, run_id, worker, pace, max_batches, report)
     out.print(f"run {run_id} is {state}; {moved:,} documents re-keyed in this session")
 
 
