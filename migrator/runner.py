@@ -403,22 +403,30 @@ def run_batches(
                 conn, settings, run_id, "running", actor, "run", allowed_from=("planned", "running")
             )
             p = plan(conn, settings)
-        done = retries = 0
+        done = retries = failures = 0
         while max_batches is None or done < max_batches:
             with conn.begin():
-                state = runs.resolve(conn, settings, run_id)["state"]
-            if state != "running":
-                return str(state)
+                current = runs.resolve(conn, settings, run_id)
+            if current["state"] != "running":
+                return str(current["state"])
+            # `uuidguard migrate set` changes a running run; every worker picks it up here
+            live = (current.get("settings") or {}).get("batch_time")
+            if live:
+                pace.target_seconds = float(live)
             try:
                 result = forward_batch(conn, settings, p, run_id, pace.size, worker, lock_timeout)
             except sa_exc.OperationalError as exc:
                 if not isinstance(exc.orig, _CONTENTION):
-                    raise
+                    failures = _failed(conn, settings, run_id, worker, pace, failures, exc, actor)
+                    continue
                 retries += 1
                 if retries > MAX_CONTENTION_RETRIES:
                     raise
                 pace.on_lock_timeout()
                 time.sleep(min(0.05 * 2**retries, 5.0))
+                continue
+            except sa_exc.DBAPIError as exc:
+                failures = _failed(conn, settings, run_id, worker, pace, failures, exc, actor)
                 continue
             except VerificationError as exc:
                 with conn.begin():
@@ -433,7 +441,7 @@ def run_batches(
                     break
                 time.sleep(0.2)
                 continue
-            retries = 0
+            retries = failures = 0
             done += 1
             pace.observe(result.documents + result.skipped, result.seconds)
             if on_batch is not None:
@@ -450,6 +458,46 @@ def run_batches(
                     allowed_from=("running",),
                 )
             return str(runs.resolve(conn, settings, run_id)["state"])
+
+
+def _failed(
+    conn: Connection,
+    settings: Settings,
+    run_id: int,
+    worker: str,
+    pace: Pace,
+    failures: int,
+    exc: sa_exc.DBAPIError,
+    actor: str,
+) -> int:
+    """A batch failed for a reason other than contention: it was rolled back whole. Record it;
+    after three failures in a row halve the batch (the culprit ends up alone), and when a
+    single document keeps failing mark the run failed with the reason."""
+    schema = settings.journal_schema
+    batches = journal.metadata(schema).tables[f"{schema}.batches"]
+    reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+    failures += 1
+    with conn.begin():
+        conn.execute(
+            sa.insert(batches).values(
+                run_id=run_id,
+                state="failed",
+                worker=worker,
+                documents=0,
+                target_size=pace.size,
+                error=reason,
+            )
+        )
+        if failures < 3:
+            return failures
+        if pace.size > 1:
+            pace.min_size = 1
+            pace.size = max(1, pace.size // 2)
+            return 0
+        runs.set_state(conn, settings, run_id, "failed", actor, "fail", reason=reason)
+    raise runs.RunError(
+        run_id, f"failed: {reason}", "fix the cause, then roll the run back or create a new one"
+    )
 
 
 def _pending(conn: Connection, settings: Settings, run_id: int, autocommit: bool = True) -> int:
@@ -503,7 +551,14 @@ def rollback(
                 actor,
                 "rollback",
                 reason=f"rollback of {len(ids)} batches requested",
-                allowed_from=("planned", "running", "paused", "completed", "rolling_back"),
+                allowed_from=(
+                    "planned",
+                    "running",
+                    "paused",
+                    "completed",
+                    "rolling_back",
+                    "failed",
+                ),
             )
             p = plan(conn, settings)
         restored = 0

@@ -198,6 +198,24 @@ def set_state(
     return bool(moved)
 
 
+def set_options(
+    conn: Connection, settings: Settings, run_id: int, actor: str, **options: Any
+) -> dict[str, Any]:
+    """Change a run's live options (batch_time); every worker applies them before its next batch."""
+    runs = _t(settings, "runs")
+    current = dict(
+        conn.execute(sa.select(runs.c.settings).where(runs.c.id == run_id)).scalar_one() or {}
+    )
+    current.update({k: v for k, v in options.items() if v is not None})
+    conn.execute(
+        sa.update(runs)
+        .where(runs.c.id == run_id)
+        .values(settings=current, updated_at=sa.func.now())
+    )
+    journal.audit(conn, settings.journal_schema, "set", run_id, options, actor)
+    return current
+
+
 def status(conn: Connection, settings: Settings, run_id: int | None) -> dict[str, Any]:
     """A run's state, progress by document state, and its batches' timings."""
     run = resolve(conn, settings, run_id)

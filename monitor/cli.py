@@ -604,6 +604,27 @@ def migrate_status(
         )
 
 
+@migrate_app.command("set")
+def migrate_set(
+    run: RunArg = None,
+    batch_time: Annotated[
+        float | None, typer.Option(min=0.01, help="New target seconds per batch.")
+    ] = None,
+    config: ConfigOpt = None,
+    dsn: DsnOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Change a running run: every worker applies it before its next batch."""
+    if batch_time is None:
+        raise UsageError("nothing to set", "give --batch-time SECONDS")
+    s = load(config, dsn)
+    engine = db.create_engine(s)
+    with db.connect(engine) as conn, conn.begin():
+        run_id = int(runs.resolve(conn, s, run)["id"])
+        options = runs.set_options(conn, s, run_id, journal.default_actor(), batch_time=batch_time)
+    out.print(f"run {run_id}: {', '.join(f'{k} = {v}' for k, v in options.items())}")
+
+
 @migrate_app.command("verify")
 def migrate_verify(
     run: RunArg = None,

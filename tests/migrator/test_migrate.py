@@ -191,3 +191,53 @@ def test_verify_catches_a_reference_left_behind(settings: Settings) -> None:
     assert not report["ok"]
     failed = [c["check"] for c in report["checks"] if not c["ok"]]
     assert failed == ["no document_chunks.document_id carries an old id"]
+
+
+def test_a_failing_document_is_isolated_then_fails_the_run(settings: Settings) -> None:
+    """A batch failing three times is halved until the culprit is alone; then the run fails
+    with the reason, every other document re-keyed, and the run can be rolled back."""
+    engine, _ = _prepare(settings, "none")
+    run_id = _create(engine, settings)
+    with engine.begin() as conn:
+        victim = conn.execute(
+            sa.text(
+                "SELECT new_id FROM uuidguard.id_map WHERE class = 'random_consistent' ORDER BY user_id, old_id LIMIT 1"
+            )
+        ).scalar_one()
+        conn.execute(
+            sa.text(
+                f"ALTER TABLE document_chunks ADD CONSTRAINT no_victim CHECK (document_id <> '{victim}') NOT VALID"
+            )
+        )
+    with pytest.raises(runs.RunError, match="no_victim"):
+        runner.run_batches(engine, settings, run_id, "w1", pace=Pace(size=16, min_size=16))
+    with engine.connect() as conn:
+        st = runs.status(conn, settings, run_id)
+        failed_batches = (
+            conn.execute(
+                sa.text(
+                    "SELECT target_size FROM uuidguard.batches WHERE state = 'failed' ORDER BY id"
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert st["state"] == "failed" and "no_victim" in st["reason"]
+    assert failed_batches[:3] == [16, 16, 16] and failed_batches[-1] == 1
+    assert st["documents"]["pending"] >= 1
+    restored = runner.rollback(engine, settings, run_id, everything=True)
+    assert restored == st["documents"]["done"]
+
+
+def test_batch_time_changes_on_a_running_run(settings: Settings) -> None:
+    """`migrate set --batch-time` reaches a worker before its next batch."""
+    engine, _ = _prepare(settings, "none")
+    run_id = _create(engine, settings)
+    pace = Pace(target_seconds=0.2, size=10)
+
+    def change(_: runner.BatchResult) -> None:
+        with engine.begin() as conn:
+            runs.set_options(conn, settings, run_id, "test", batch_time=0.05)
+
+    runner.run_batches(engine, settings, run_id, "w1", pace=pace, max_batches=2, on_batch=change)
+    assert pace.target_seconds == 0.05
