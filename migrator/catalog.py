@@ -8,7 +8,8 @@ from typing import Literal
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from migrator.errors import MappingError
+from migrator import db
+from migrator.errors import MappingError, UuidguardError
 from migrator.settings import Settings
 
 Strategy = Literal["none", "cascade", "deferred", "copy"]
@@ -57,6 +58,52 @@ class ForeignKey:
             "copy": "NOT DEFERRABLE, NO ACTION: a copy of the document is inserted under the "
             "new id, the rows are moved to it, then the old document is deleted",
         }[self.strategy]
+
+
+class PrivilegeError(UuidguardError):
+    """The connected role lacks a privilege the migration needs."""
+
+    def __init__(self, role: str, missing: list[str], grant: str) -> None:
+        super().__init__(
+            f"role {role} lacks {', '.join(missing)}. Fix: as an administrator, {grant}"
+        )
+        self.missing = missing
+
+
+def check_privileges(conn: Connection, settings: Settings, needs_replica_role: bool) -> None:
+    """Refuse early, with the GRANT to run, when a batch would fail half-way on permissions."""
+    role = conn.execute(sa.text("SELECT current_user")).scalar_one()
+    superuser = conn.execute(
+        sa.text("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+    ).scalar_one()
+    if superuser:
+        return
+    q = conn.dialect.identifier_preparer
+    schema = settings.mapping.schema_
+    tables = [settings.mapping.documents.table] + [r.table for r in settings.reference_columns()]
+    missing: list[str] = []
+    grants: list[str] = []
+    for table in dict.fromkeys(tables):
+        name = f"{q.quote_schema(schema)}.{q.quote(table)}"
+        for privilege in ("SELECT", "INSERT", "UPDATE", "DELETE"):
+            ok = conn.execute(
+                sa.text("SELECT has_table_privilege(:t, :p)"), {"t": name, "p": privilege}
+            ).scalar_one()
+            if not ok:
+                missing.append(f"{privilege} on {schema}.{table}")
+                grants.append(f"GRANT {privilege} ON {name} TO {q.quote(role)}")
+    if needs_replica_role and db.server_version(conn) >= 150000:
+        ok = conn.execute(
+            sa.text("SELECT has_parameter_privilege('session_replication_role', 'SET')")
+        ).scalar_one()
+        if not ok:
+            missing.append("SET on session_replication_role (exact rollback under foreign keys)")
+            grants.append(f"GRANT SET ON PARAMETER session_replication_role TO {q.quote(role)}")
+    elif needs_replica_role:
+        missing.append("superuser (exact rollback under foreign keys before PostgreSQL 15)")
+        grants.append("run the migration as a superuser")
+    if missing:
+        raise PrivilegeError(role, missing, "; ".join(grants))
 
 
 def document_foreign_keys(conn: Connection, settings: Settings) -> list[ForeignKey]:

@@ -87,7 +87,8 @@ def create(conn: Connection, settings: Settings, option: Option, now: datetime, 
     """Plan a run: fix the set of documents it will re-key, taken from one consistent snapshot."""
     schema = settings.journal_schema
     journal.require_current(conn, schema)
-    catalog.strategies(conn, settings)  # refuses unmapped foreign keys before anything is written
+    fks = catalog.strategies(conn, settings)  # refuses unmapped foreign keys before any write
+    catalog.check_privileges(conn, settings, any(fk is not None for fk in fks.values()))
     active = conn.execute(
         sa.select(_t(settings, "runs").c.id).where(_t(settings, "runs").c.state.in_(ACTIVE))
     ).scalar_one_or_none()

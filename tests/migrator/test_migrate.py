@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
 
-from migrator import assess, dataset, db, journal, runner, runs, seed, verify
+from migrator import assess, catalog, dataset, db, journal, runner, runs, seed, verify
 from migrator.idrule import IdRule
 from migrator.pace import Pace
-from migrator.settings import Settings
+from migrator.settings import Settings, load_settings
 
 AS_OF = datetime(2026, 6, 1, tzinfo=UTC)
 
@@ -241,3 +242,32 @@ def test_batch_time_changes_on_a_running_run(settings: Settings) -> None:
 
     runner.run_batches(engine, settings, run_id, "w1", pace=pace, max_batches=2, on_batch=change)
     assert pace.target_seconds == 0.05
+
+
+def test_a_role_without_privileges_is_told_the_grant(settings: Settings) -> None:
+    """A role that may only read gets one error naming what is missing and the GRANT to run."""
+    engine, _ = _prepare(settings, "strict")
+    role = f"ro_{uuid.uuid4().hex[:8]}"
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"CREATE ROLE {role} LOGIN"))
+        conn.execute(sa.text(f"GRANT USAGE ON SCHEMA public, uuidguard TO {role}"))
+        conn.execute(sa.text(f"GRANT SELECT ON ALL TABLES IN SCHEMA public, uuidguard TO {role}"))
+        conn.execute(sa.text(f"GRANT INSERT, UPDATE ON ALL TABLES IN SCHEMA uuidguard TO {role}"))
+    assert settings.database.dsn is not None
+    url = sa.make_url(settings.database.dsn.get_secret_value()).set(username=role)
+    limited = load_settings(None, database={"dsn": url.render_as_string(hide_password=False)})
+    try:
+        with pytest.raises(catalog.PrivilegeError) as info:
+            _create(db.create_engine(limited), limited)
+        message = str(info.value)
+        assert (
+            "UPDATE on public.documents" in message
+            and "GRANT UPDATE ON public.documents" in message
+        )
+        assert "session_replication_role" in message
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM uuidguard.runs")).scalar_one() == 0
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"DROP OWNED BY {role}"))
+            conn.execute(sa.text(f"DROP ROLE {role}"))
