@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.markdown import Markdown
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from migrator import assess as assess_mod
 from migrator import calibrate as calibrate_mod
@@ -475,17 +476,42 @@ def migrate_run(
     )
     worker = f"{socket.gethostname()}:{os.getpid()}"
     moved = 0
+    with db.connect(engine) as conn, conn.begin():
+        st = runs.status(conn, s, run_id)
+    total = st["documents"]["total"]
+    progress = Progress(
+        TextColumn(f"run {run_id}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+        console=err,
+        disable=not err.is_terminal,
+    )
+    task = progress.add_task(
+        "re-keying", total=total, completed=total - st["documents"]["pending"], rate=""
+    )
 
     def report(result: runner.BatchResult) -> None:
         nonlocal moved
         moved += result.documents
-        err.print(
-            f"batch {result.batch_id}: {result.documents} documents in {result.seconds:.3f} s "
-            f"(next {pace.size}); {moved:,} this session",
-            markup=False,
+        if progress.disable:
+            err.print(
+                f"batch {result.batch_id}: {result.documents} documents in {result.seconds:.3f} s "
+                f"(next {pace.size}); {moved:,} this session",
+                markup=False,
+            )
+            return
+        with db.connect(engine) as c, c.begin():
+            now = runs.status(c, s, run_id)
+        rate = now["documents_per_second"]
+        progress.update(
+            task,
+            completed=total - now["documents"]["pending"],
+            rate=f"{rate:,.0f} docs/s, batch {pace.size}" if rate else "",
         )
 
-    with db.translate_errors("migration run"):
+    with progress, db.translate_errors("migration run"):
         if workers > 1:
             state = run_workers(s, config, dsn, run_id, pace, workers, max_batches, report)
         else:
