@@ -138,6 +138,7 @@ def forward_batch(
     id_map, batches, rewrites = (
         md.tables[f"{schema}.{n}"] for n in ("id_map", "batches", "rewrites")
     )
+    runs_t = md.tables[f"{schema}.runs"]
     started = time.monotonic()
     with conn.begin():
         db.set_local_timeouts(conn, settings.database.statement_timeout, lock_timeout)
@@ -150,6 +151,13 @@ def forward_batch(
                 )
             )
         )
+        # a shared lock on the run row: pause and rollback update that row, so they wait for
+        # the batches in flight, and no batch commits after a rollback has listed the batches
+        state = conn.execute(
+            sa.select(runs_t.c.state).where(runs_t.c.id == run_id).with_for_update(read=True)
+        ).scalar_one()
+        if state != "running":
+            return None
         b = _batch_table(conn)
         claim = (
             sa.select(id_map.c.old_id)
@@ -533,15 +541,6 @@ def rollback(
                 )
             if run["state"] == "rolled_back":
                 raise runs.RunError(run_id, "is already rolled back", "nothing to do")
-            q = sa.select(batches.c.id).where(
-                batches.c.run_id == run_id, batches.c.state == "committed"
-            )
-            if since is not None:
-                q = q.where(batches.c.committed_at >= since)
-            q = q.order_by(batches.c.id.desc())
-            if last is not None:
-                q = q.limit(last)
-            ids = [r[0] for r in conn.execute(q)]
             target = "rolling_back" if everything else "paused"
             runs.set_state(
                 conn,
@@ -550,7 +549,7 @@ def rollback(
                 target,
                 actor,
                 "rollback",
-                reason=f"rollback of {len(ids)} batches requested",
+                reason="rollback requested",
                 allowed_from=(
                     "planned",
                     "running",
@@ -560,6 +559,16 @@ def rollback(
                     "failed",
                 ),
             )
+            # read committed: this statement sees every batch committed before the update above
+            q = sa.select(batches.c.id).where(
+                batches.c.run_id == run_id, batches.c.state == "committed"
+            )
+            if since is not None:
+                q = q.where(batches.c.committed_at >= since)
+            q = q.order_by(batches.c.id.desc())
+            if last is not None:
+                q = q.limit(last)
+            ids = [r[0] for r in conn.execute(q)]
             p = plan(conn, settings)
         restored = 0
         for batch_id in ids:

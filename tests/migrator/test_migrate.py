@@ -271,3 +271,42 @@ def test_a_role_without_privileges_is_told_the_grant(settings: Settings) -> None
         with engine.begin() as conn:
             conn.execute(sa.text(f"DROP OWNED BY {role}"))
             conn.execute(sa.text(f"DROP ROLE {role}"))
+
+
+def test_rollback_while_a_worker_runs_leaves_no_batch_behind(settings: Settings) -> None:
+    """A whole-run rollback issued mid-run waits for the batch in flight: none commits after it."""
+    import threading
+
+    engine, _ = _prepare(settings, "none", documents=1500)
+    run_id = _create(engine, settings)
+    fp_before = _fingerprint(engine, settings)
+    started = threading.Event()
+    outcome: list[object] = []
+
+    def work() -> None:
+        try:
+            outcome.append(
+                runner.run_batches(
+                    engine,
+                    settings,
+                    run_id,
+                    "w1",
+                    pace=Pace(size=5, min_size=5, max_size=5),
+                    on_batch=lambda _: started.set(),
+                )
+            )
+        except Exception as exc:  # reported below
+            outcome.append(exc)
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    assert started.wait(30)
+    runner.rollback(engine, settings, run_id, everything=True)
+    worker.join(60)
+    assert outcome == ["rolled_back"]
+    with engine.connect() as conn:
+        committed = conn.execute(
+            sa.text("SELECT count(*) FROM uuidguard.batches WHERE state = 'committed'")
+        ).scalar_one()
+    assert committed == 0
+    assert _fingerprint(engine, settings) == fp_before
