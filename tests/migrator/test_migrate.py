@@ -310,3 +310,19 @@ def test_rollback_while_a_worker_runs_leaves_no_batch_behind(settings: Settings)
         ).scalar_one()
     assert committed == 0
     assert _fingerprint(engine, settings) == fp_before
+
+
+def test_run_refuses_a_changed_configuration(settings: Settings) -> None:
+    """A run planned under one mapping or id rule refuses to continue under another."""
+    engine, _ = _prepare(settings, "none", documents=100)
+    run_id = _create(engine, settings)
+    assert settings.database.dsn is not None
+    changed = load_settings(
+        None,
+        database={"dsn": settings.database.dsn.get_secret_value()},
+        id_rule={"template": "{file_sha256}:{user_id}"},
+    )
+    with pytest.raises(runs.RunError, match="another mapping or id rule"):
+        runner.run_batches(engine, changed, run_id, "w1", pace=Pace(size=10))
+    with engine.connect() as conn:
+        assert runs.status(conn, settings, run_id)["documents"]["done"] == 0
