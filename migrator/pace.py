@@ -40,3 +40,23 @@ class Pace:
 
     def _bounded(self, size: float) -> int:
         return max(self.min_size, min(self.max_size, int(size)))
+
+
+def recent_rate(batches: list[tuple[float, float, int]]) -> float | None:
+    """Documents per second over the time batches were actually running.
+
+    The union of the batches' [start, commit] intervals is the busy time: overlapping batches
+    of several workers count once, and pauses or waits between batches not at all, so the ETA
+    stays honest after a pause (gh-ost's whole-run average does not).
+    """
+    if not batches:
+        return None
+    busy = 0.0
+    end = float("-inf")
+    for start, commit, _ in sorted(batches):
+        if commit <= end:
+            continue
+        busy += commit - max(start, end)
+        end = commit
+    docs = sum(n for _, _, n in batches)
+    return docs / busy if busy > 0 and docs > 0 else None

@@ -15,6 +15,7 @@ from sqlalchemy.engine import Connection
 from migrator import assess, catalog, journal
 from migrator import tables as tables_mod
 from migrator.errors import UsageError, UuidguardError
+from migrator.pace import recent_rate
 from migrator.settings import Settings
 
 Option = Literal["A", "B"]
@@ -217,6 +218,9 @@ def set_options(
     return current
 
 
+RATE_WINDOW_BATCHES = 50
+
+
 def status(conn: Connection, settings: Settings, run_id: int | None) -> dict[str, Any]:
     """A run's state, progress by document state, and its batches' timings."""
     run = resolve(conn, settings, run_id)
@@ -242,7 +246,13 @@ def status(conn: Connection, settings: Settings, run_id: int | None) -> dict[str
     total = int(run["documents"])
     done = int(by_state.get("done", 0))
     pending = int(by_state.get("pending", 0))
-    rate = done / b[6] if b[6] else None
+    recent = conn.execute(
+        sa.select(batches.c.started_at, batches.c.committed_at, batches.c.documents)
+        .where(batches.c.run_id == run["id"], batches.c.committed_at.is_not(None))
+        .order_by(batches.c.committed_at.desc())
+        .limit(RATE_WINDOW_BATCHES)
+    ).all()
+    rate = recent_rate([(r[0].timestamp(), r[1].timestamp(), r[2]) for r in recent])
     return {
         "run": run["id"],
         "option": run["option"],

@@ -144,3 +144,16 @@ def test_pace_moves_toward_the_target_with_capped_growth() -> None:
     slow = Pace(target_seconds=0.2, min_size=10, max_size=1000, size=400)
     assert slow.observe(400, 2.0) == 40  # 200 docs/s: 0.2 s is 40 documents
     assert slow.observe(40, 10.0) >= 10
+
+
+def test_recent_rate_counts_busy_time_once() -> None:
+    """Overlapping batches of two workers count once; a pause between batches not at all."""
+    from migrator.pace import recent_rate
+
+    assert recent_rate([]) is None
+    # two workers, each 10 documents per second, side by side for 2 s: 20 documents/s
+    both = [(0.0, 1.0, 10), (0.0, 1.0, 10), (1.0, 2.0, 10), (1.0, 2.0, 10)]
+    assert recent_rate(both) == 20.0
+    # one worker, 1 s batches, an hour's pause in between: still 10 documents/s
+    paused = [(0.0, 1.0, 10), (3601.0, 3602.0, 10)]
+    assert recent_rate(paused) == 10.0
