@@ -59,18 +59,32 @@ def _fingerprint(settings: Settings) -> dict:
         return runs.fingerprint(conn, settings)
 
 
+def _progress(url: str) -> int:
+    """Batches committed plus batches rolled back: grows with every step of either direction."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FILTER (WHERE state = 'committed') + 2 * count(*) FILTER"
+            " (WHERE state = 'rolled_back') FROM uuidguard.batches"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
 def _kill_until(
     url: str, settings: Settings, args: tuple[str, ...], done: str, rng: random.Random
 ) -> int:
-    """Start the command, SIGKILL it after a random delay, again and again until `done`."""
+    """Start the command, wait until it has made progress, SIGKILL it a random moment later
+    (inside a batch, between two, or just after a commit), again and again until `done`."""
     kills = 0
     for _ in range(200):
         if _state(settings) == done:
             return kills
         proc = _cli(url, *args)
-        try:
-            proc.wait(timeout=rng.uniform(0.7, 1.6))
-        except subprocess.TimeoutExpired:
+        start = _progress(url)
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and _progress(url) == start and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.3))
+        if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             kills += 1
@@ -129,4 +143,3 @@ def test_kill_nine_during_run_and_rollback_loses_nothing(
     )
     assert kills >= 3
     assert _fingerprint(settings) == before
-    time.sleep(0)
