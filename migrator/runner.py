@@ -181,6 +181,9 @@ def forward_batch(
         )
         # rowcount is not reported through a data-modifying CTE: count what was claimed
         n = conn.execute(sa.select(sa.func.count()).select_from(b)).scalar_one()
+        # without statistics the planner assumes a temporary table of ~1,000 rows and scans
+        # the mapped tables whole instead of probing their indexes (400 ms against 0.3 ms)
+        conn.execute(sa.text(f"ANALYZE {BATCH}"))
         if n == 0:
             return None  # nothing pending: the transaction changed nothing
         batch_id = conn.execute(
@@ -333,6 +336,7 @@ def rollback_batch(
             )
         )
         n = conn.execute(sa.select(sa.func.count()).select_from(b)).scalar_one()
+        conn.execute(sa.text(f"ANALYZE {BATCH}"))
         conn.execute(sa.select(doc_id).where(doc_id.in_(sa.select(b.c.new_id))).with_for_update())
         conn.execute(sa.update(d.table).where(doc_id == b.c.new_id).values({dm.id: b.c.old_id}))
         for i, (ref, t) in enumerate(p.tables.references):
