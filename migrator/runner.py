@@ -203,12 +203,14 @@ def forward_batch(
         conn.execute(sa.select(doc_id).where(doc_id.in_(sa.select(b.c.old_id))).with_for_update())
         # documents deleted since the run was planned, or whose new id was taken since
         # (a fresh upload of the same file): left alone and reported, never forced
-        gone = sa.select(b.c.old_id).where(
-            sa.or_(
-                ~sa.exists().where(doc_id == b.c.old_id),
-                sa.exists().where(doc_id == b.c.new_id),
-            )
+        # two index probes joined by UNION: an OR of two EXISTS made the planner scan documents
+        deleted = (
+            sa.select(b.c.old_id)
+            .select_from(b.outerjoin(d.table, doc_id == b.c.old_id))
+            .where(doc_id.is_(None))
         )
+        taken = sa.select(b.c.old_id).select_from(b.join(d.table, doc_id == b.c.new_id))
+        gone = sa.union(deleted, taken)
         skipped_ids = [r[0] for r in conn.execute(gone)]
         if skipped_ids:
             conn.execute(

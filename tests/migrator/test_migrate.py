@@ -326,3 +326,33 @@ def test_run_refuses_a_changed_configuration(settings: Settings) -> None:
         runner.run_batches(engine, changed, run_id, "w1", pace=Pace(size=10))
     with engine.connect() as conn:
         assert runs.status(conn, settings, run_id)["documents"]["done"] == 0
+
+
+def test_deleted_and_taken_documents_are_skipped(settings: Settings) -> None:
+    """A document deleted since planning, or whose new id a fresh upload took, is skipped."""
+    engine, _ = _prepare(settings, "none", documents=200)
+    run_id = _create(engine, settings)
+    with engine.begin() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT old_id, new_id FROM uuidguard.id_map"
+                " WHERE class = 'random_unprocessed' ORDER BY old_id LIMIT 2"
+            )
+        ).all()
+        (deleted, _), (kept, taken) = rows
+        conn.execute(sa.text("DELETE FROM documents WHERE id = :id"), {"id": deleted})
+        conn.execute(
+            sa.text(
+                "INSERT INTO documents (id, user_id, file_sha256, status, created_at, access_count)"
+                " VALUES (:id, 'fresh', repeat('0', 64), 'uploaded', now(), 0)"
+            ),
+            {"id": taken},
+        )
+    assert runner.run_batches(engine, settings, run_id, "w1", pace=Pace(size=50)) == "completed"
+    with engine.connect() as conn:
+        st = runs.status(conn, settings, run_id)
+        still_there = conn.execute(
+            sa.text("SELECT count(*) FROM documents WHERE id = :id"), {"id": kept}
+        ).scalar_one()
+    assert st["documents"]["skipped"] == 2
+    assert still_there == 1  # kept its old id: the new one belongs to someone else now
