@@ -11,12 +11,25 @@ from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from sqlalchemy.engine import Engine
 
 from migrator import db, journal, runner, runs, verify
+from migrator import settings as settings_mod
 from migrator.errors import UsageError
 from migrator.pace import Pace
 from monitor.cli_common import ConfigOpt, DebugOpt, DsnOpt, Format, aware, err, load, out
 from monitor.workers import run_workers
+
+
+def _resolve(
+    config: Path | None, dsn: str | None, run: int | None
+) -> tuple[settings_mod.Settings, Engine, int]:
+    """Settings, an engine, and the run a command names (or the active one, or the latest)."""
+    s = load(config, dsn)
+    engine = db.create_engine(s)
+    with db.connect(engine) as conn, conn.begin():
+        return s, engine, int(runs.resolve(conn, s, run)["id"])
+
 
 migrate_app = typer.Typer(
     help="Re-key documents online: plan, run, pause, roll back.", no_args_is_help=True
@@ -93,10 +106,7 @@ def migrate_run(
     debug: DebugOpt = False,
 ) -> None:
     """Run batches in the foreground until done, paused, or --max-batches; running again resumes."""
-    s = load(config, dsn)
-    engine = db.create_engine(s)
-    with db.connect(engine) as conn, conn.begin():
-        run_id = int(runs.resolve(conn, s, run)["id"])
+    s, engine, run_id = _resolve(config, dsn, run)
     ms = s.migrate
     pace = Pace(
         target_seconds=batch_time or ms.batch_time,
@@ -206,10 +216,7 @@ def migrate_rollback(
         raise UsageError(
             "say what to roll back", "give exactly one of --last K, --since TIME, --all"
         )
-    s = load(config, dsn)
-    engine = db.create_engine(s)
-    with db.connect(engine) as conn, conn.begin():
-        run_id = int(runs.resolve(conn, s, run)["id"])
+    s, engine, run_id = _resolve(config, dsn, run)
     with db.translate_errors("rollback"):
         restored = runner.rollback(
             engine,
@@ -273,10 +280,8 @@ def migrate_set(
     """Change a running run: every worker applies it before its next batch."""
     if batch_time is None:
         raise UsageError("nothing to set", "give --batch-time SECONDS")
-    s = load(config, dsn)
-    engine = db.create_engine(s)
+    s, engine, run_id = _resolve(config, dsn, run)
     with db.connect(engine) as conn, conn.begin():
-        run_id = int(runs.resolve(conn, s, run)["id"])
         options = runs.set_options(conn, s, run_id, journal.default_actor(), batch_time=batch_time)
     out.print(f"run {run_id}: {', '.join(f'{k} = {v}' for k, v in options.items())}")
 
