@@ -94,6 +94,8 @@ TARGET_BATCH_P99 = 0.25
 TARGET_WRITER_WAIT = 0.3
 TARGET_READER = 1.5
 TARGET_ROLLBACK = 0.8
+TARGET_ETA = 0.2  # after 10% of the run, the ETA within 20% of the real remaining time
+ETA_CHECKPOINTS = (0.1, 0.25, 0.5, 0.75)
 
 #: server-side bound on every statement the benchmark itself sends (the ceiling's UPDATEs too)
 STATEMENT_TIMEOUT = "900s"
@@ -419,17 +421,17 @@ def summary(text: str, width: int = 300) -> str:
 
 
 def kind(st: Statement) -> str:
-    """Which part of a batch a statement does."""
-    t = st.text
-    if st.label.endswith("via _count_refs") or ("count(*)" in t and ".rewrites" in t):
-        return "counting rows for the in-transaction checks (before, moved, after)"
-    if "NOT (EXISTS" in t:
-        return "checking for documents gone or new ids taken since the run was planned"
-    if ".rewrites" in t and t.startswith(("INSERT", "WITH")):
+    """Which part of a batch a statement does (by the runner helper that sent it)."""
+    t, label = st.text, st.label
+    if label.endswith("via _verify"):
+        return "the in-transaction check (old ids left, documents re-keyed), one statement"
+    if label.endswith("via _lock_and_skip"):
+        return "locking the documents, checking for documents gone or new ids taken"
+    if label.endswith("via _rewrite") and ".rewrites" in t:
         return "rewriting the references, with their journal rows (UPDATE … RETURNING into INSERT)"
-    if t.startswith("UPDATE") and ".id_map" not in t and ".batches" not in t:
+    if label.endswith("via _rewrite"):
         return "re-keying the documents (UPDATE documents)"
-    return "claiming, locking and bookkeeping (id_map, batches, temp table, settings)"
+    return "claiming and bookkeeping (id_map, batches, temp table, settings)"
 
 
 # --- servers and databases ------------------------------------------------------------------------
@@ -606,6 +608,8 @@ class WayResult:
     rollback_seconds: float | None = None
     rollback_clients: ClientStats | None = None
     plans: list[PlanCheck] = field(default_factory=list)
+    #: (share of the run done, ETA `uuidguard migrate status` gave then, monotonic time then)
+    etas: list[tuple[float, float | None, float]] = field(default_factory=list)
 
     @property
     def total_rows(self) -> int:
@@ -798,6 +802,8 @@ def uuidguard(
     )
     engine = db.create_engine(s)
     results: list[runner.BatchResult] = []
+    etas: list[tuple[float, float | None, float]] = []
+    checkpoints = list(ETA_CHECKPOINTS)
     try:
         with profiled(engine) as profile:
             clients.front.value = 0
@@ -813,6 +819,14 @@ def uuidguard(
                     profile._commit_started = None
                 results.append(result)
                 clients.front.value = clients.front.value + result.documents + result.skipped
+                done_share = clients.front.value / len(tmpl.order)
+                if checkpoints and done_share >= checkpoints[0]:
+                    # what `uuidguard migrate status` says at this point, on its own connection
+                    while checkpoints and done_share >= checkpoints[0]:
+                        checkpoints.pop(0)
+                    with engine.connect() as sconn:
+                        eta = runs.status(sconn, s, tmpl.run_id)["eta_seconds"]
+                    etas.append((done_share, eta, time.monotonic()))
                 now = time.monotonic()
                 if now >= next_log:
                     done = sum(r.documents for r in results)
@@ -875,6 +889,7 @@ def uuidguard(
             started=started,
             profile=profile,
             detail={"journal_batch_seconds": float(journaled[1] or 0.0)},
+            etas=etas,
         )
         if state == "completed":
             check_moved(url, s, tmpl, before, back=False)
@@ -1327,6 +1342,24 @@ def targets(results: dict[str, WayResult]) -> list[str]:
             rb >= TARGET_ROLLBACK,
         ),
     ]
+    eta = eta_errors(c)
+    if eta:
+        share, predicted, actual, error = eta[0]
+        rows.append(
+            (
+                f"(c) ETA after 10% within {TARGET_ETA:.0%} of the real remaining time",
+                f"{error:+.0%} at {share:.0%} done ({predicted:.1f} s said, {actual:.1f} s taken)",
+                abs(error) <= TARGET_ETA,
+            )
+        )
+    else:
+        rows.append(
+            (
+                f"(c) ETA after 10% within {TARGET_ETA:.0%} of the real remaining time",
+                "not measured: the run was time-boxed before its end",
+                False,
+            )
+        )
     lines = ["| target | measured | verdict |", "|---|---|---|"]
     lines += [f"| {t} | {m} | {_verdict(ok)} |" for t, m, ok in rows]
     met = [t for t, _, ok in rows if ok]
@@ -1343,6 +1376,20 @@ def targets(results: dict[str, WayResult]) -> list[str]:
             f" figures are over the {c.documents:,} documents it re-keyed.",
         ]
     return lines
+
+
+def eta_errors(c: WayResult) -> list[tuple[float, float, float, float]]:
+    """For each checkpoint of a completed run: (share done, ETA said, seconds it really took
+    from there, relative error of the ETA)."""
+    if not c.complete:
+        return []
+    end = c.started + c.seconds
+    out = []
+    for share, eta, at in c.etas:
+        actual = end - at
+        if eta is not None and actual > 0:
+            out.append((share, eta, actual, eta / actual - 1))
+    return out
 
 
 def limits(c: WayResult, a: WayResult) -> list[str]:

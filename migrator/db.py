@@ -109,9 +109,15 @@ def set_local_timeouts(
     lock_timeout: timedelta | None = None,
 ) -> None:
     """Bound the current transaction on the server side: an overrun is cancelled by PostgreSQL."""
-    conn.execute(sa.select(sa.func.set_config("statement_timeout", _ms(statement_timeout), True)))
+    values = {"statement_timeout": statement_timeout}
     if lock_timeout is not None:
-        conn.execute(sa.select(sa.func.set_config("lock_timeout", _ms(lock_timeout), True)))
+        values["lock_timeout"] = lock_timeout
+    set_local(conn, {name: _ms(value) for name, value in values.items()})
+
+
+def set_local(conn: Connection, values: dict[str, str]) -> None:
+    """SET LOCAL several parameters in one round trip (values are bound, never pasted)."""
+    conn.execute(sa.select(*[sa.func.set_config(k, v, True) for k, v in values.items()]))
 
 
 def _ms(delta: timedelta) -> str:

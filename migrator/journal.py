@@ -66,6 +66,13 @@ def init(conn: Connection, schema: str) -> tuple[str | None, str]:
     return before, head()
 
 
+def downgrade(conn: Connection, schema: str, revision: str) -> None:
+    """Take the journal back to an older revision (to run an older uuidguard on it); the
+    revisions convert the rows, nothing is lost."""
+    command.downgrade(_config(conn, schema), revision)
+    conn.commit()
+
+
 def require_current(conn: Connection, schema: str) -> None:
     rev = current(conn, schema)
     if rev is None:
@@ -130,7 +137,7 @@ def metadata(schema: str) -> sa.MetaData:
         md,
         sa.Column("batch_id", sa.BigInteger),
         sa.Column("ref", sa.SmallInteger),
-        sa.Column("pk", pg.JSONB),
+        sa.Column("keys", pg.JSONB),  # a JSON array of the rows' keys, each an array
         sa.Column("old_id", uuid),
     )
     sa.Table(

@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.engine import Connection, Engine
 
 from migrator import catalog, db, journal, runs
@@ -91,7 +92,14 @@ def _batch_table(conn: Connection) -> sa.TableClause:
     return sa.table(BATCH, sa.column("old_id"), sa.column("new_id"))
 
 
-def _pk_values(
+def _journal(md: sa.MetaData, schema: str) -> tuple[sa.Table, sa.Table, sa.Table, sa.Table]:
+    runs_t, id_map, batches, rewrites = (
+        md.tables[f"{schema}.{n}"] for n in ("runs", "id_map", "batches", "rewrites")
+    )
+    return runs_t, id_map, batches, rewrites
+
+
+def _keys(
     t: tables_mod.MappedTable, pk: tuple[str, ...], column: str, new_id: sa.ColumnElement[Any]
 ) -> sa.ColumnElement[Any]:
     """A row's key as it will be after the rewrite (the key may include the rewritten column)."""
@@ -113,14 +121,194 @@ def _pk_match(
     return sa.and_(*conds)
 
 
-def _count_refs(
-    conn: Connection, t: tables_mod.MappedTable, col: str, ids: sa.ColumnElement[Any]
-) -> int:
-    return int(
-        conn.execute(
-            sa.select(sa.func.count()).select_from(t.table).where(t.c(col).in_(sa.select(ids)))
-        ).scalar_one()
+def _count_in(
+    t: tables_mod.MappedTable, col: str, ids: sa.ColumnElement[Any]
+) -> sa.ScalarSelect[Any]:
+    return (
+        sa.select(sa.func.count())
+        .select_from(t.table)
+        .where(t.c(col).in_(sa.select(ids)))
+        .scalar_subquery()
     )
+
+
+def _start(conn: Connection, settings: Settings, lock_timeout: timedelta) -> None:
+    """Local timeouts; the lease: a worker that hangs inside a batch loses it to the server."""
+    ms = {
+        "statement_timeout": settings.database.statement_timeout,
+        "lock_timeout": lock_timeout,
+        "idle_in_transaction_session_timeout": settings.migrate.lease,
+    }
+    db.set_local(conn, {k: f"{int(v.total_seconds() * 1000)}ms" for k, v in ms.items()})
+
+
+def _claim(
+    conn: Connection, id_map: sa.Table, run_id: int, batch_id: int, size: int
+) -> tuple[sa.TableClause, int] | None:
+    """Claim up to `size` pending documents for this batch into the batch table, one user's
+    documents together; None when there is none. One statement: the claim, the id map's new
+    state and batch, and the batch table's rows."""
+    b = _batch_table(conn)
+    claim = (
+        sa.select(id_map.c.old_id)
+        .where(id_map.c.run_id == run_id, id_map.c.state == "pending")
+        .order_by(id_map.c.user_id, id_map.c.old_id)
+        .limit(size)
+        .with_for_update(skip_locked=True)
+        .cte("claim")
+    )
+    claimed = (
+        sa.update(id_map)
+        .where(id_map.c.run_id == run_id, id_map.c.old_id == claim.c.old_id)
+        .values(state="done", batch_id=batch_id)
+        .returning(id_map.c.old_id, id_map.c.new_id)
+        .cte("claimed")
+    )
+    filled = (
+        sa.insert(b)
+        .from_select(["old_id", "new_id"], sa.select(claimed.c.old_id, claimed.c.new_id))
+        .returning(b.c.old_id)
+        .cte("filled")
+    )
+    n = conn.execute(sa.select(sa.func.count()).select_from(filled)).scalar_one()
+    if n == 0:
+        return None
+    # without statistics the planner assumes a temporary table of ~1,000 rows and scans
+    # the mapped tables whole instead of probing their indexes (400 ms against 0.3 ms)
+    conn.execute(sa.text(f"ANALYZE {BATCH}"))
+    return b, int(n)
+
+
+def _lock_and_skip(
+    conn: Connection, settings: Settings, p: Plan, id_map: sa.Table, run_id: int, b: sa.TableClause
+) -> int:
+    """Lock the batch's documents; leave out those deleted since the run was planned or whose
+    new id was taken since (a fresh upload of the same file): reported, never forced.
+    Returns how many were left out."""
+    d = p.tables.documents
+    doc_id = d.c(settings.mapping.documents.id)
+    # the application's writes to these documents wait for this short transaction
+    conn.execute(sa.select(doc_id).where(doc_id.in_(sa.select(b.c.old_id))).with_for_update())
+    # two index probes joined by UNION: an OR of two EXISTS made the planner scan documents
+    deleted = (
+        sa.select(b.c.old_id)
+        .select_from(b.outerjoin(d.table, doc_id == b.c.old_id))
+        .where(doc_id.is_(None))
+    )
+    taken = sa.select(b.c.old_id).select_from(b.join(d.table, doc_id == b.c.new_id))
+    skipped = [r[0] for r in conn.execute(sa.union(deleted, taken))]
+    if skipped:
+        conn.execute(
+            sa.update(id_map)
+            .where(id_map.c.run_id == run_id, id_map.c.old_id.in_(skipped))
+            .values(state="skipped")
+        )
+        conn.execute(sa.delete(b).where(b.c.old_id.in_(skipped)))
+    return len(skipped)
+
+
+def _rewrite(
+    conn: Connection,
+    settings: Settings,
+    p: Plan,
+    rewrites: sa.Table,
+    batch_id: int,
+    b: sa.TableClause,
+) -> dict[str, int]:
+    """Re-key the documents and every reference, journaling each rewritten row's key, grouped
+    into one journal row per document and reference. Returns rows rewritten per reference."""
+    d = p.tables.documents
+    dm = settings.mapping.documents
+    doc_id = d.c(dm.id)
+    prep = conn.dialect.identifier_preparer
+    for fk in p.fks.values():
+        if fk is not None and fk.strategy == "deferred":
+            name = f"{prep.quote_schema(fk.schema)}.{prep.quote(fk.name)}"
+            conn.execute(sa.text(f"SET CONSTRAINTS {name} DEFERRED"))
+    if p.copy_documents:
+        # a NOT DEFERRABLE key: the new document must exist before its rows move to it
+        cols = [c.name for c in d.table.columns]
+        copy = sa.select(*[b.c.new_id if c == dm.id else d.table.c[c] for c in cols])
+        conn.execute(
+            sa.insert(d.table).from_select(
+                cols, copy.select_from(d.table.join(b, doc_id == b.c.old_id))
+            )
+        )
+    rewritten: dict[str, int] = {}
+    for i, (ref, t) in enumerate(p.tables.references):
+        col = t.c(ref.column)
+        fk = p.fks.get(i)
+        if fk is not None and fk.strategy == "cascade" and not p.copy_documents:
+            # the document's rename carries these rows along: journal them first
+            rows = (
+                sa.select(
+                    _keys(t, ref.primary_key, ref.column, b.c.new_id).label("key"),
+                    col.label("old_id"),
+                )
+                .select_from(t.table.join(b, col == b.c.old_id))
+                .cte(f"rows_{i}")
+            )
+        else:
+            rows = (
+                sa.update(t.table)
+                .where(col == b.c.old_id)
+                .values({ref.column: b.c.new_id})
+                .returning(
+                    sa.func.jsonb_build_array(*[t.c(k) for k in ref.primary_key]).label("key"),
+                    b.c.old_id.label("old_id"),
+                )
+                .cte(f"rows_{i}")
+            )
+        journaled = (
+            sa.insert(rewrites)
+            .from_select(
+                ["batch_id", "ref", "keys", "old_id"],
+                sa.select(
+                    sa.literal(batch_id, sa.BigInteger),
+                    sa.literal(i, sa.SmallInteger),
+                    sa.func.jsonb_agg(rows.c.key),
+                    rows.c.old_id,
+                ).group_by(rows.c.old_id),
+            )
+            .returning(sa.func.jsonb_array_length(rewrites.c["keys"]).label("n"))
+            .cte(f"journaled_{i}")
+        )
+        rewritten[f"{ref.table}.{ref.column}"] = int(
+            conn.execute(sa.select(sa.func.coalesce(sa.func.sum(journaled.c.n), 0))).scalar_one()
+        )
+    if p.copy_documents:
+        conn.execute(sa.delete(d.table).where(doc_id.in_(sa.select(b.c.old_id))))
+    else:
+        conn.execute(sa.update(d.table).where(doc_id == b.c.old_id).values({dm.id: b.c.new_id}))
+    return rewritten
+
+
+def _verify(
+    conn: Connection, settings: Settings, p: Plan, batch_id: int, b: sa.TableClause, moving: int
+) -> None:
+    """Inside the batch's transaction, in one statement: no reference to an old id remains
+    (rows the application added meanwhile included) and every document carries its new id."""
+    d = p.tables.documents
+    dm = settings.mapping.documents
+    refs = p.tables.references
+    counts = conn.execute(
+        sa.select(
+            *[_count_in(t, ref.column, b.c.old_id) for ref, t in refs],
+            _count_in(d, dm.id, b.c.old_id),
+            _count_in(d, dm.id, b.c.new_id),
+        )
+    ).one()
+    for (ref, _), left in zip(refs, counts, strict=False):
+        if left:
+            raise VerificationError(
+                batch_id, f"{left} rows of {ref.table}.{ref.column} still carry an old id"
+            )
+    old_docs, new_docs = counts[-2], counts[-1]
+    if old_docs or new_docs != moving:
+        raise VerificationError(
+            batch_id,
+            f"{new_docs} of {moving} documents carry their new id, {old_docs} their old one",
+        )
 
 
 def forward_batch(
@@ -134,23 +322,10 @@ def forward_batch(
 ) -> BatchResult | None:
     """Re-key up to `size` pending documents of the run in one transaction; None when none is left."""
     schema = settings.journal_schema
-    md = journal.metadata(schema)
-    id_map, batches, rewrites = (
-        md.tables[f"{schema}.{n}"] for n in ("id_map", "batches", "rewrites")
-    )
-    runs_t = md.tables[f"{schema}.runs"]
+    runs_t, id_map, batches, rewrites = _journal(journal.metadata(schema), schema)
     started = time.monotonic()
-    with conn.begin():
-        db.set_local_timeouts(conn, settings.database.statement_timeout, lock_timeout)
-        conn.execute(
-            sa.select(
-                sa.func.set_config(
-                    "idle_in_transaction_session_timeout",
-                    f"{int(settings.migrate.lease.total_seconds() * 1000)}ms",
-                    True,
-                )
-            )
-        )
+    with conn.begin() as tx:
+        _start(conn, settings, lock_timeout)
         # a shared lock on the run row: pause and rollback update that row, so they wait for
         # the batches in flight, and no batch commits after a rollback has listed the batches
         state = conn.execute(
@@ -158,146 +333,27 @@ def forward_batch(
         ).scalar_one()
         if state != "running":
             return None
-        b = _batch_table(conn)
-        claim = (
-            sa.select(id_map.c.old_id)
-            .where(id_map.c.run_id == run_id, id_map.c.state == "pending")
-            .order_by(id_map.c.user_id, id_map.c.old_id)  # one user's documents together
-            .limit(size)
-            .with_for_update(skip_locked=True)
-            .cte("claim")
-        )
-        claimed = (
-            sa.update(id_map)
-            .where(id_map.c.run_id == run_id, id_map.c.old_id == claim.c.old_id)
-            .values(state="done")
-            .returning(id_map.c.old_id, id_map.c.new_id)
-            .cte("claimed")
-        )
-        conn.execute(
-            sa.insert(b).from_select(
-                ["old_id", "new_id"], sa.select(claimed.c.old_id, claimed.c.new_id)
-            )
-        )
-        # rowcount is not reported through a data-modifying CTE: count what was claimed
-        n = conn.execute(sa.select(sa.func.count()).select_from(b)).scalar_one()
-        # without statistics the planner assumes a temporary table of ~1,000 rows and scans
-        # the mapped tables whole instead of probing their indexes (400 ms against 0.3 ms)
-        conn.execute(sa.text(f"ANALYZE {BATCH}"))
-        if n == 0:
-            return None  # nothing pending: the transaction changed nothing
         batch_id = conn.execute(
             sa.insert(batches)
             .values(run_id=run_id, state="committed", worker=worker, documents=0, target_size=size)
             .returning(batches.c.id)
         ).scalar_one()
-        conn.execute(
-            sa.update(id_map)
-            .where(id_map.c.run_id == run_id, id_map.c.old_id.in_(sa.select(b.c.old_id)))
-            .values(batch_id=batch_id)
-        )
-        d = p.tables.documents
-        dm = settings.mapping.documents
-        doc_id = d.c(dm.id)
-        # lock the documents; the application's writes to them wait for this short transaction
-        conn.execute(sa.select(doc_id).where(doc_id.in_(sa.select(b.c.old_id))).with_for_update())
-        # documents deleted since the run was planned, or whose new id was taken since
-        # (a fresh upload of the same file): left alone and reported, never forced
-        # two index probes joined by UNION: an OR of two EXISTS made the planner scan documents
-        deleted = (
-            sa.select(b.c.old_id)
-            .select_from(b.outerjoin(d.table, doc_id == b.c.old_id))
-            .where(doc_id.is_(None))
-        )
-        taken = sa.select(b.c.old_id).select_from(b.join(d.table, doc_id == b.c.new_id))
-        gone = sa.union(deleted, taken)
-        skipped_ids = [r[0] for r in conn.execute(gone)]
-        if skipped_ids:
-            conn.execute(
-                sa.update(id_map)
-                .where(id_map.c.run_id == run_id, id_map.c.old_id.in_(skipped_ids))
-                .values(state="skipped")
-            )
-            conn.execute(sa.delete(b).where(b.c.old_id.in_(skipped_ids)))
-        moving = n - len(skipped_ids)
-        refs = p.tables.references
-        before_new = [_count_refs(conn, t, ref.column, b.c.new_id) for ref, t in refs]
-        for fk in p.fks.values():
-            if fk is not None and fk.strategy == "deferred":
-                name = f"{conn.dialect.identifier_preparer.quote_schema(fk.schema)}.{conn.dialect.identifier_preparer.quote(fk.name)}"
-                conn.execute(sa.text(f"SET CONSTRAINTS {name} DEFERRED"))
-        doc_cols = [c.name for c in d.table.columns]
-        if p.copy_documents:
-            copy = sa.select(
-                *[b.c.new_id if name == dm.id else d.table.c[name] for name in doc_cols]
-            ).select_from(d.table.join(b, doc_id == b.c.old_id))
-            conn.execute(sa.insert(d.table).from_select(doc_cols, copy))
-        rewritten: dict[str, int] = {}
-        for i, (ref, t) in enumerate(refs):
-            col = t.c(ref.column)
-            fk = p.fks.get(i)
-            if fk is not None and fk.strategy == "cascade" and not p.copy_documents:
-                # the document's rename carries these rows along: journal them first
-                journal_rows = sa.select(
-                    sa.literal(batch_id, sa.BigInteger),
-                    sa.literal(i, sa.SmallInteger),
-                    _pk_values(t, ref.primary_key, ref.column, b.c.new_id),
-                    col,
-                ).select_from(t.table.join(b, col == b.c.old_id))
-            else:
-                moved = (
-                    sa.update(t.table)
-                    .where(col == b.c.old_id)
-                    .values({ref.column: b.c.new_id})
-                    .returning(*[t.c(k) for k in ref.primary_key], b.c.old_id)
-                    .cte(f"moved_{i}")
-                )
-                journal_rows = sa.select(
-                    sa.literal(batch_id, sa.BigInteger),
-                    sa.literal(i, sa.SmallInteger),
-                    sa.func.jsonb_build_array(*[moved.c[k] for k in ref.primary_key]),
-                    moved.c.old_id,
-                )
-            conn.execute(
-                sa.insert(rewrites).from_select(["batch_id", "ref", "pk", "old_id"], journal_rows)
-            )
-            # rowcount is not reported through a data-modifying CTE: count the journal instead
-            rewritten[f"{ref.table}.{ref.column}"] = conn.execute(
-                sa.select(sa.func.count()).where(
-                    rewrites.c.batch_id == batch_id, rewrites.c.ref == i
-                )
-            ).scalar_one()
-        if p.copy_documents:
-            conn.execute(sa.delete(d.table).where(doc_id.in_(sa.select(b.c.old_id))))
-        else:
-            conn.execute(sa.update(d.table).where(doc_id == b.c.old_id).values({dm.id: b.c.new_id}))
-        # verify inside the transaction: nothing left on an old id, every row accounted for
-        for i, (ref, t) in enumerate(refs):
-            left = _count_refs(conn, t, ref.column, b.c.old_id)
-            if left:
-                raise VerificationError(
-                    batch_id, f"{left} rows of {ref.table}.{ref.column} still carry an old id"
-                )
-            now_new = _count_refs(conn, t, ref.column, b.c.new_id)
-            expected = before_new[i] + rewritten[f"{ref.table}.{ref.column}"]
-            if now_new != expected:
-                raise VerificationError(
-                    batch_id,
-                    f"{ref.table}.{ref.column}: {now_new} rows on the new ids, expected {expected}"
-                    f" ({before_new[i]} before, {rewritten[f'{ref.table}.{ref.column}']} moved)",
-                )
-        moved_docs = _count_refs(conn, d, dm.id, b.c.new_id)
-        if moved_docs != moving or _count_refs(conn, d, dm.id, b.c.old_id):
-            raise VerificationError(
-                batch_id, f"{moved_docs} of {moving} documents carry their new id"
-            )
+        claimed = _claim(conn, id_map, run_id, batch_id, size)
+        if claimed is None:
+            tx.rollback()  # nothing pending: not even the batch row stays
+            return None
+        b, n = claimed
+        skipped = _lock_and_skip(conn, settings, p, id_map, run_id, b)
+        n -= skipped
+        rewritten = _rewrite(conn, settings, p, rewrites, batch_id, b)
+        _verify(conn, settings, p, batch_id, b, n)
         seconds = time.monotonic() - started
         conn.execute(
             sa.update(batches)
             .where(batches.c.id == batch_id)
-            .values(documents=moving, rows=rewritten, committed_at=sa.func.now(), seconds=seconds)
+            .values(documents=n, rows=rewritten, committed_at=sa.func.now(), seconds=seconds)
         )
-    return BatchResult(batch_id, moving, len(skipped_ids), rewritten, time.monotonic() - started)
+    return BatchResult(batch_id, n, skipped, rewritten, time.monotonic() - started)
 
 
 def rollback_batch(
@@ -343,22 +399,28 @@ def rollback_batch(
         conn.execute(sa.update(d.table).where(doc_id == b.c.new_id).values({dm.id: b.c.old_id}))
         for i, (ref, t) in enumerate(p.tables.references):
             col = t.c(ref.column)
-            r = rewrites.alias("r")
+            key = sa.func.jsonb_array_elements(rewrites.c["keys"]).table_valued(
+                sa.column("value", pg.JSONB)
+            )
+            r = (
+                sa.select(rewrites.c.old_id, key.c.value.label("key"))
+                .select_from(rewrites.join(key, sa.true()))
+                .where(rewrites.c.batch_id == batch_id, rewrites.c.ref == i)
+                .subquery("r")
+            )
             restored = conn.execute(
                 sa.update(t.table)
                 .where(
-                    r.c.batch_id == batch_id,
-                    r.c.ref == i,
-                    _pk_match(t, ref.primary_key, r.c.pk),
+                    _pk_match(t, ref.primary_key, r.c.key),
                     b.c.old_id == r.c.old_id,
                     col == b.c.new_id,
                 )
                 .values({ref.column: r.c.old_id})
             ).rowcount
             journaled = conn.execute(
-                sa.select(sa.func.count()).where(
-                    rewrites.c.batch_id == batch_id, rewrites.c.ref == i
-                )
+                sa.select(
+                    sa.func.coalesce(sa.func.sum(sa.func.jsonb_array_length(rewrites.c["keys"])), 0)
+                ).where(rewrites.c.batch_id == batch_id, rewrites.c.ref == i)
             ).scalar_one()
             if restored != journaled:
                 raise VerificationError(

@@ -107,7 +107,7 @@ def test_two_workers_with_the_application_writing(settings: Settings) -> None:
             conn.execute("SELECT state, count(*) FROM uuidguard.id_map GROUP BY 1").fetchall()
         )
         twice = conn.execute(
-            "SELECT count(*) FROM (SELECT ref, pk FROM uuidguard.rewrites GROUP BY 1, 2 HAVING count(*) > 1) x"
+            "SELECT count(*) FROM (SELECT ref, k.value FROM uuidguard.rewrites, jsonb_array_elements(keys) k GROUP BY 1, 2 HAVING count(*) > 1) x"
         ).fetchone()[0]
         workers = conn.execute("SELECT count(DISTINCT worker) FROM uuidguard.batches").fetchone()[0]
     assert access_after == access_before + app.increments

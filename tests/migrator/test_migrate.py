@@ -356,3 +356,57 @@ def test_deleted_and_taken_documents_are_skipped(settings: Settings) -> None:
         ).scalar_one()
     assert st["documents"]["skipped"] == 2
     assert still_there == 1  # kept its old id: the new one belongs to someone else now
+
+
+def test_a_failed_batch_verification_pauses_the_run_and_changes_nothing(
+    settings: Settings,
+) -> None:
+    """A trigger that keeps chunks on their old id: the batch's own check catches it, the
+    transaction is rolled back whole and the run is paused with the reason."""
+    engine, _ = _prepare(settings, "none")
+    run_id = _create(engine, settings)
+    fp_before = _fingerprint(engine, settings)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "CREATE FUNCTION keep_old() RETURNS trigger LANGUAGE plpgsql AS"
+                " $$ BEGIN NEW.document_id := OLD.document_id; RETURN NEW; END $$"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "CREATE TRIGGER keep_old BEFORE UPDATE ON document_chunks"
+                " FOR EACH ROW EXECUTE FUNCTION keep_old()"
+            )
+        )
+    with pytest.raises(runner.VerificationError, match="document_chunks.document_id still carry"):
+        runner.run_batches(engine, settings, run_id, "w1", pace=Pace(size=50))
+    with engine.connect() as conn:
+        st = runs.status(conn, settings, run_id)
+        journaled = conn.execute(sa.text("SELECT count(*) FROM uuidguard.rewrites")).scalar_one()
+    assert st["state"] == "paused" and "failed verification" in st["reason"]
+    assert st["documents"]["done"] == 0 and journaled == 0
+    assert _fingerprint(engine, settings) == fp_before
+
+
+def test_journal_downgrade_and_upgrade_keep_every_rewritten_row(settings: Settings) -> None:
+    """Revision 0002 groups the journal per document; going back to 0001 and forward again
+    loses no row, and the run still rolls back exactly."""
+    engine, _ = _prepare(settings, "strict")
+    run_id = _create(engine, settings)
+    fp_before = _fingerprint(engine, settings)
+    runner.run_batches(
+        engine, settings, run_id, "w1", pace=Pace(size=20, max_size=20), max_batches=3
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text("SELECT sum(jsonb_array_length(keys)) FROM uuidguard.rewrites")
+        ).scalar_one()
+        assert rows > 60  # 60 documents, several rows each
+        journal.downgrade(conn, settings.journal_schema, "0001")
+        assert journal.current(conn, settings.journal_schema) == "0001"
+        assert conn.execute(sa.text("SELECT count(*) FROM uuidguard.rewrites")).scalar_one() == rows
+        before, after = journal.init(conn, settings.journal_schema)
+        assert (before, after) == ("0001", journal.head())
+    runner.rollback(engine, settings, run_id, everything=True)
+    assert _fingerprint(engine, settings) == fp_before
