@@ -39,37 +39,45 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import platform
 import re
 import shlex
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from types import FrameType
 from typing import Any
 from unittest import mock
 
 import psycopg
 import sqlalchemy as sa
+from benchlib import (
+    PERFORMANCE_MD,
+    ROOT,
+    BenchmarkError,
+    database,
+    log,
+    machine,
+    server,
+    write_section,
+)
 from psycopg import sql
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import Connection, Engine
 
-from migrator import assess, dataset, db, embedded, ruleids, seed
+from migrator import assess, dataset, db, ruleids, seed
 from migrator import settings as settings_mod
 from migrator.errors import UuidguardError
 from migrator.idrule import UUID_V4_PATTERN, IdRule
 
 CHUNKS_PER_DOCUMENT = 9.3
 SECTION = "Assessment (benchmarks/assess.py)"
-_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = _ROOT / "docs" / "performance.md"
+
+DEFAULT_OUT = PERFORMANCE_MD
+PG_SETTINGS = ("shared_buffers", "work_mem", "temp_buffers")
 TARGET_SECONDS_AT_1M = 10.0
 TARGET_GROWTH = 1.2
 _FETCH = 50_000
@@ -79,14 +87,6 @@ _RELAY_MODULES = {"db.py", "sqlutil.py"}
 _V4 = re.compile(UUID_V4_PATTERN)
 #: how the profile names the one step that bypasses SQLAlchemy (raw psycopg COPY)
 RULE_STEP = "rule ids: uuid5 in Python over a server-side cursor, COPY into ug_rule"
-
-
-class BenchmarkError(Exception):
-    """The benchmark cannot go on, or a result is wrong: the message says which."""
-
-
-def log(message: str) -> None:
-    print(f"[{datetime.now(UTC):%H:%M:%S}] {message}", file=sys.stderr, flush=True)
 
 
 # --- where an assessment's time goes -----------------------------------------------------------
@@ -151,7 +151,7 @@ def explainable(statement: str) -> str | None:
 
 def _caller() -> str:
     """The innermost migrator/ frame that is not a mere relay, as `migrator/file.py:line (func)`."""
-    frame = sys._getframe(2)
+    frame: FrameType | None = sys._getframe(2)
     while frame is not None:
         path = Path(frame.f_code.co_filename)
         if path.parent == _MIGRATOR_DIR and path.name not in _RELAY_MODULES:
@@ -300,48 +300,6 @@ def row_by_row(dsn: str, settings: settings_mod.Settings) -> dict[str, dict[str,
 # --- servers and databases ---------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def server(dsn: str | None, state_dir: Path | None) -> Iterator[str]:
-    """The URL of a maintenance database: `dsn`'s server, or an embedded one started here."""
-    if dsn is not None:
-        yield dsn
-        return
-    made = state_dir is None
-    state = Path(tempfile.mkdtemp(prefix="uuidguard-bench-")) if state_dir is None else state_dir
-    if made:
-        state.chmod(0o755)  # as root the server runs as its own user, which must reach pgdata
-    if embedded.status(state) is not None:
-        raise BenchmarkError(f"a server is already running under {state}; give another --state-dir")
-    log(f"starting embedded PostgreSQL under {state}")
-    try:
-        yield embedded.ensure_running(state).uri
-    finally:
-        embedded.stop(state)
-        log("embedded PostgreSQL stopped")
-        if made:
-            shutil.rmtree(state, ignore_errors=True)
-
-
-def with_database(url: str, name: str) -> str:
-    return make_url(url).set(database=name).render_as_string(hide_password=False)
-
-
-def _admin(url: str, statement: sql.Composable) -> None:
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(statement)
-
-
-@contextlib.contextmanager
-def fresh_database(admin_url: str, name: str) -> Iterator[str]:
-    ident = sql.Identifier(name)
-    _admin(admin_url, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
-    _admin(admin_url, sql.SQL("CREATE DATABASE {}").format(ident))
-    try:
-        yield with_database(admin_url, name)
-    finally:
-        _admin(admin_url, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
-
-
 # --- one size ----------------------------------------------------------------------------------
 
 
@@ -372,7 +330,7 @@ def _check(what: str, got: dict[str, int], expected: dict[str, int]) -> None:
 
 def measure(admin_url: str, target: int, opts: argparse.Namespace, largest: bool) -> Result:
     documents = round(target / CHUNKS_PER_DOCUMENT)
-    with fresh_database(admin_url, f"bench_assess_{target}_{os.getpid()}") as url:
+    with database(admin_url, f"bench_assess_{target}_{os.getpid()}") as url:
         settings = settings_mod.load_settings(None, database={"dsn": url})
         rule = IdRule(settings.id_rule.namespace, settings.id_rule.template)
         t0 = time.perf_counter()
@@ -448,58 +406,6 @@ def measure(admin_url: str, target: int, opts: argparse.Namespace, largest: bool
 
 
 # --- the machine -------------------------------------------------------------------------------
-
-
-def machine(admin_url: str) -> dict[str, str]:
-    cpu = platform.processor() or "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    memory = "unknown"
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                memory = f"{int(line.split()[1]) / 1024**2:.1f} GiB"
-                break
-    with psycopg.connect(admin_url) as conn:
-        row = conn.execute("SHOW server_version").fetchone()
-        settings = dict(
-            conn.execute(
-                "SELECT name, current_setting(name) FROM pg_settings WHERE name IN"
-                " ('shared_buffers', 'work_mem', 'temp_buffers')"
-            ).fetchall()
-        )
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {
-        "cpus": str(cpus),
-        "cpu": cpu,
-        "memory": memory,
-        "postgres": str(row[0]) if row else "unknown",
-        "pg_settings": ", ".join(f"{k} {v}" for k, v in sorted(settings.items())),
-        "revision": revision(),
-    }
-
-
-def revision() -> str:
-    """The commit measured, and whether migrator/ differed from it."""
-    root = _ROOT
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "migrator"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-    except OSError:
-        return "unknown (no git)"
-    if not head:
-        return "unknown (not a git checkout)"
-    return f"`{head}`" + (" with uncommitted changes in migrator/" if dirty else "")
 
 
 # --- the document ------------------------------------------------------------------------------
@@ -635,7 +541,8 @@ def _verdict(results: list[Result]) -> list[str]:
     compared = [r for r in results if r.baseline_seconds is not None]
     if compared:
         ratios = ", ".join(
-            f"{r.baseline_seconds / r.assess_seconds:.2f}× at {r.chunks:,}" for r in compared
+            f"{(r.baseline_seconds or 0.0) / r.assess_seconds:.2f}× at {r.chunks:,}"
+            for r in compared
         )
         lines.append(f"Against the row-by-row baseline: {ratios} (above 1 means assess is faster).")
     return [" ".join(lines)]
@@ -737,32 +644,6 @@ def _limits(r: Result) -> list[str]:
     return lines
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this benchmark's "## " section of `path`, or add it; keep every other section."""
-    text = path.read_text() if path.exists() else ""
-    head: list[str] = []
-    sections: list[list[str]] = []
-    for line in text.splitlines():
-        if line.startswith("## "):
-            sections.append([line])
-        elif sections:
-            sections[-1].append(line)
-        else:
-            head.append(line)
-    if not any(line.startswith("# ") for line in head):
-        head = ["# Performance", "", *head]
-    block = section.rstrip("\n").splitlines()
-    for i, sec in enumerate(sections):
-        if sec[0][3:].strip() == SECTION:
-            sections[i] = block
-            break
-    else:
-        sections.append(block)
-    parts = ["\n".join(head).strip("\n")] + ["\n".join(s).strip("\n") for s in sections]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n\n".join(parts) + "\n")
-
-
 # --- entry point -------------------------------------------------------------------------------
 
 
@@ -818,7 +699,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if opts.state_dir is not None and opts.dsn is not None:
         p.error("--state-dir and --dsn exclude each other")
     if opts.state_dir is not None and opts.state_dir.resolve() in {
-        (d / ".uuidguard").resolve() for d in (Path.cwd(), _ROOT)
+        (d / ".uuidguard").resolve() for d in (Path.cwd(), ROOT)
     }:
         p.error("--state-dir .uuidguard belongs to the uuidguard CLI; pick another directory")
     return opts
@@ -832,7 +713,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     try:
         with server(opts.dsn, opts.state_dir) as admin_url:
-            info = machine(admin_url)
+            info = machine(admin_url, PG_SETTINGS)
             log(f"PostgreSQL {info['postgres']}; sizes {', '.join(f'{s:,}' for s in opts.sizes)}")
             for i, target in enumerate(opts.sizes):
                 results.append(measure(admin_url, target, opts, largest=i == len(opts.sizes) - 1))
@@ -843,7 +724,7 @@ def main(argv: list[str] | None = None) -> int:
     if opts.no_write:
         print(section)
     else:
-        write_section(opts.out, section)
+        write_section(opts.out, SECTION, section)
         log(f"wrote {opts.out}")
     log(f"done in {time.perf_counter() - started:.0f}s")
     return 0

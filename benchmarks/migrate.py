@@ -53,15 +53,11 @@ import argparse
 import contextlib
 import multiprocessing as mp
 import os
-import platform
 import random
 import re
 import shlex
-import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -73,18 +69,29 @@ from typing import Any
 
 import psycopg
 import sqlalchemy as sa
+from benchlib import (
+    PERFORMANCE_MD,
+    ROOT,
+    BenchmarkError,
+    database,
+    log,
+    machine,
+    server,
+    write_section,
+)
 from psycopg import sql
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import Connection, Engine
 
-from migrator import dataset, db, embedded, journal, runner, runs, seed
+from migrator import dataset, db, journal, runner, runs, seed
 from migrator import settings as settings_mod
 from migrator.errors import UuidguardError
 from migrator.idrule import IdRule
 from migrator.pace import Pace
 
 SECTION = "Migration (benchmarks/migrate.py)"
-_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = _ROOT / "docs" / "performance.md"
+
+DEFAULT_OUT = PERFORMANCE_MD
+PG_SETTINGS = ("shared_buffers", "work_mem", "max_wal_size", "synchronous_commit")
 _RUNNER = Path(runner.__file__).resolve()
 
 # the issue's targets
@@ -110,16 +117,8 @@ LABELS = {
 }
 
 
-class BenchmarkError(Exception):
-    """The benchmark cannot go on, or a result is wrong: the message says which."""
-
-
 class TimeBox(Exception):
     """Raised from the batch callback once uuidguard's time box is spent."""
-
-
-def log(message: str) -> None:
-    print(f"[{datetime.now(UTC):%H:%M:%S}] {message}", file=sys.stderr, flush=True)
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -435,59 +434,6 @@ def kind(st: Statement) -> str:
 
 
 # --- servers and databases ------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def server(dsn: str | None, state_dir: Path | None) -> Iterator[str]:
-    """The URL of a maintenance database: `dsn`'s server, or an embedded one started here."""
-    if dsn is not None:
-        yield dsn
-        return
-    made = state_dir is None
-    state = Path(tempfile.mkdtemp(prefix="uuidguard-bench-")) if state_dir is None else state_dir
-    if made:
-        state.chmod(0o755)  # as root the server runs as its own user, which must reach pgdata
-    if embedded.status(state) is not None:
-        raise BenchmarkError(f"a server is already running under {state}; give another --state-dir")
-    log(f"starting embedded PostgreSQL under {state}")
-    try:
-        yield embedded.ensure_running(state).uri
-    finally:
-        embedded.stop(state)
-        log("embedded PostgreSQL stopped")
-        if made:
-            shutil.rmtree(state, ignore_errors=True)
-
-
-def with_database(url: str, name: str) -> str:
-    return make_url(url).set(database=name).render_as_string(hide_password=False)
-
-
-def _admin(url: str, statement: sql.Composed) -> None:
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(statement)
-
-
-@contextlib.contextmanager
-def database(admin_url: str, name: str, template: str | None = None) -> Iterator[str]:
-    """A new database (empty, or a copy of `template`), dropped on the way out."""
-    ident = sql.Identifier(name)
-    _admin(admin_url, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
-    if template is None:
-        _admin(admin_url, sql.SQL("CREATE DATABASE {}").format(ident))
-    else:
-        # FILE_COPY copies the template's files after a checkpoint; WAL_LOG (the default)
-        # would write every page of a 1M-chunk database through the WAL, several times slower
-        _admin(
-            admin_url,
-            sql.SQL("CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY").format(
-                ident, sql.Identifier(template)
-            ),
-        )
-    try:
-        yield with_database(admin_url, name)
-    finally:
-        _admin(admin_url, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
 
 
 # --- the template: seeded once, the run planned once -------------------------------------------------
@@ -1072,57 +1018,6 @@ def run_way(
 # --- the machine ---------------------------------------------------------------------------------
 
 
-def machine(admin_url: str) -> dict[str, str]:
-    cpu = platform.processor() or "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    memory = "unknown"
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                memory = f"{int(line.split()[1]) / 1024**2:.1f} GiB"
-                break
-    with psycopg.connect(admin_url) as conn:
-        row = conn.execute("SHOW server_version").fetchone()
-        pg_settings: dict[str, str] = dict(
-            conn.execute(
-                "SELECT name, current_setting(name) FROM pg_settings WHERE name IN"
-                " ('shared_buffers', 'work_mem', 'max_wal_size', 'synchronous_commit')"
-            ).fetchall()
-        )
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {
-        "cpus": str(cpus),
-        "cpu": cpu,
-        "memory": memory,
-        "postgres": str(row[0]) if row else "unknown",
-        "pg_settings": ", ".join(f"{k} {v}" for k, v in sorted(pg_settings.items())),
-        "revision": revision(),
-    }
-
-
-def revision() -> str:
-    """The commit measured, and whether migrator/ differed from it."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=_ROOT, capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "migrator"],
-            cwd=_ROOT,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-    except OSError:
-        return "unknown (no git)"
-    if not head:
-        return "unknown (not a git checkout)"
-    return f"`{head}`" + (" with uncommitted changes in migrator/" if dirty else "")
-
-
 # --- the document --------------------------------------------------------------------------------
 
 
@@ -1534,32 +1429,6 @@ def _plans(c: WayResult) -> list[str]:
     return lines
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this benchmark's "## " section of `path`, or add it; keep every other section."""
-    text = path.read_text() if path.exists() else ""
-    head: list[str] = []
-    sections: list[list[str]] = []
-    for line in text.splitlines():
-        if line.startswith("## "):
-            sections.append([line])
-        elif sections:
-            sections[-1].append(line)
-        else:
-            head.append(line)
-    if not any(line.startswith("# ") for line in head):
-        head = ["# Performance", "", *head]
-    block = section.rstrip("\n").splitlines()
-    for i, sec in enumerate(sections):
-        if sec[0][3:].strip() == SECTION:
-            sections[i] = block
-            break
-    else:
-        sections.append(block)
-    parts = ["\n".join(head).strip("\n")] + ["\n".join(s).strip("\n") for s in sections]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n\n".join(parts) + "\n")
-
-
 # --- entry point ---------------------------------------------------------------------------------
 
 
@@ -1625,7 +1494,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if opts.state_dir is not None and opts.dsn is not None:
         p.error("--state-dir and --dsn exclude each other")
     if opts.state_dir is not None and opts.state_dir.resolve() in {
-        (d / ".uuidguard").resolve() for d in (Path.cwd(), _ROOT)
+        (d / ".uuidguard").resolve() for d in (Path.cwd(), ROOT)
     }:
         p.error("--state-dir .uuidguard belongs to the uuidguard CLI; pick another directory")
     return opts
@@ -1647,7 +1516,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, WayResult] = {}
     try:
         with server(opts.dsn, opts.state_dir) as admin_url:
-            info = machine(admin_url)
+            info = machine(admin_url, PG_SETTINGS)
             log(f"PostgreSQL {info['postgres']}; {opts.documents:,} documents")
             tmpl_name = f"bench_migrate_tmpl_{os.getpid()}"
             with database(admin_url, tmpl_name) as tmpl_url:
@@ -1667,7 +1536,7 @@ def main(argv: list[str] | None = None) -> int:
     if opts.no_write:
         print(section)
     else:
-        write_section(opts.out, section)
+        write_section(opts.out, SECTION, section)
         log(f"wrote {opts.out}")
     log(f"done in {total:.0f}s")
     return 0

@@ -29,6 +29,11 @@ from migrator.pace import Pace
 from migrator.settings import Settings
 
 BATCH = "ug_batch"
+#: A batch joins a few hundred ids to tables of millions of rows: index probes, always. Left
+#: to itself, the planner switches to hash joins over whole-table scans once a batch passes
+#: ~780 documents (1M chunks), and that batch takes 3x as long: found by
+#: benchmarks/migrate.py, where every batch above that size was a p99 outlier.
+INDEX_PROBES = {"enable_hashjoin": "off", "enable_mergejoin": "off"}
 MAX_CONTENTION_RETRIES = 20
 # lock_timeout and deadlocks: worth retrying the whole batch
 _CONTENTION = (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected)
@@ -67,6 +72,13 @@ class Plan:
         self.copy_documents = any(
             fk is not None and fk.strategy == "copy" for fk in self.fks.values()
         )
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """The run is no longer running (paused, rolling back, ...): no batch was started."""
+
+    state: str
 
 
 @dataclass(frozen=True)
@@ -139,7 +151,10 @@ def _start(conn: Connection, settings: Settings, lock_timeout: timedelta) -> Non
         "lock_timeout": lock_timeout,
         "idle_in_transaction_session_timeout": settings.migrate.lease,
     }
-    db.set_local(conn, {k: f"{int(v.total_seconds() * 1000)}ms" for k, v in ms.items()})
+    db.set_local(
+        conn,
+        {k: f"{int(v.total_seconds() * 1000)}ms" for k, v in ms.items()} | INDEX_PROBES,
+    )
 
 
 def _claim(
@@ -316,11 +331,13 @@ def forward_batch(
     settings: Settings,
     p: Plan,
     run_id: int,
-    size: int,
+    pace: Pace,
     worker: str,
     lock_timeout: timedelta,
-) -> BatchResult | None:
-    """Re-key up to `size` pending documents of the run in one transaction; None when none is left."""
+) -> BatchResult | Stopped | None:
+    """Re-key up to `pace.size` pending documents of the run in one transaction; None when
+    none is claimable, Stopped when the run is not running. A batch time changed on the run
+    (`uuidguard migrate set`) is applied to `pace` before the batch is sized."""
     schema = settings.journal_schema
     runs_t, id_map, batches, rewrites = _journal(journal.metadata(schema), schema)
     started = time.monotonic()
@@ -328,11 +345,16 @@ def forward_batch(
         _start(conn, settings, lock_timeout)
         # a shared lock on the run row: pause and rollback update that row, so they wait for
         # the batches in flight, and no batch commits after a rollback has listed the batches
-        state = conn.execute(
-            sa.select(runs_t.c.state).where(runs_t.c.id == run_id).with_for_update(read=True)
-        ).scalar_one()
+        state, live = conn.execute(
+            sa.select(runs_t.c.state, runs_t.c.settings)
+            .where(runs_t.c.id == run_id)
+            .with_for_update(read=True)
+        ).one()
         if state != "running":
-            return None
+            return Stopped(str(state))
+        if (live or {}).get("batch_time"):
+            pace.retarget(float(live["batch_time"]))
+        size = pace.size
         batch_id = conn.execute(
             sa.insert(batches)
             .values(run_id=run_id, state="committed", worker=worker, documents=0, target_size=size)
@@ -351,7 +373,9 @@ def forward_batch(
         conn.execute(
             sa.update(batches)
             .where(batches.c.id == batch_id)
-            .values(documents=n, rows=rewritten, committed_at=sa.func.now(), seconds=seconds)
+            .values(
+                documents=n, rows=rewritten, committed_at=sa.func.clock_timestamp(), seconds=seconds
+            )
         )
     return BatchResult(batch_id, n, skipped, rewritten, time.monotonic() - started)
 
@@ -377,6 +401,7 @@ def rollback_batch(
     doc_id = d.c(dm.id)
     with conn.begin():
         db.set_local_timeouts(conn, settings.database.statement_timeout, lock_timeout)
+        db.set_local(conn, INDEX_PROBES)
         state = conn.execute(
             sa.select(batches.c.state).where(batches.c.id == batch_id).with_for_update()
         ).scalar_one()
@@ -449,7 +474,7 @@ def run_batches(
     max_batches: int | None = None,
     on_batch: Callable[[BatchResult], None] | None = None,
     actor: str | None = None,
-    lock_timeout: timedelta = timedelta(seconds=2),
+    lock_timeout: timedelta | None = None,
 ) -> str:
     """Run batches until the run is done, paused, or `max_batches` ran; returns the run state.
 
@@ -458,6 +483,7 @@ def run_batches(
     own verification fails pauses the run with the reason, and the error is raised.
     """
     actor = actor or journal.default_actor()
+    lock_timeout = lock_timeout or settings.migrate.lock_timeout
     with db.connect(engine) as conn:
         with conn.begin():
             run = runs.resolve(conn, settings, run_id)
@@ -481,16 +507,9 @@ def run_batches(
             p = plan(conn, settings)
         done = retries = failures = 0
         while max_batches is None or done < max_batches:
-            with conn.begin():
-                current = runs.resolve(conn, settings, run_id)
-            if current["state"] != "running":
-                return str(current["state"])
-            # `uuidguard migrate set` changes a running run; every worker picks it up here
-            live = (current.get("settings") or {}).get("batch_time")
-            if live:
-                pace.target_seconds = float(live)
             try:
-                result = forward_batch(conn, settings, p, run_id, pace.size, worker, lock_timeout)
+                # the batch reads the run's state and live settings under its own lock
+                result = forward_batch(conn, settings, p, run_id, pace, worker, lock_timeout)
             except sa_exc.OperationalError as exc:
                 if not isinstance(exc.orig, _CONTENTION):
                     failures = _failed(conn, settings, run_id, worker, pace, failures, exc, actor)
@@ -510,6 +529,8 @@ def run_batches(
                         conn, settings, run_id, "paused", actor, "pause", reason=str(exc)
                     )
                 raise
+            if isinstance(result, Stopped):
+                return result.state
             if result is None:
                 # nothing claimable: done, or other workers hold the rest (their rows come
                 # back as pending if they die, so keep looking until none is pending)
@@ -640,7 +661,7 @@ def rollback(
             p = plan(conn, settings)
         restored = 0
         for batch_id in ids:
-            restored += rollback_batch(conn, settings, p, batch_id, timedelta(seconds=2))
+            restored += rollback_batch(conn, settings, p, batch_id, settings.migrate.lock_timeout)
         if everything:
             with conn.begin():
                 runs.set_state(

@@ -205,9 +205,12 @@ def set_options(
 ) -> dict[str, Any]:
     """Change a run's live options (batch_time); every worker applies them before its next batch."""
     runs = _t(settings, "runs")
-    current = dict(
-        conn.execute(sa.select(runs.c.settings).where(runs.c.id == run_id)).scalar_one() or {}
-    )
+    state, stored = conn.execute(
+        sa.select(runs.c.state, runs.c.settings).where(runs.c.id == run_id).with_for_update()
+    ).one()
+    if state in FINISHED:
+        raise RunError(run_id, f"is {state}: nothing runs it any more", "create a new run")
+    current = dict(stored or {})
     current.update({k: v for k, v in options.items() if v is not None})
     conn.execute(
         sa.update(runs)

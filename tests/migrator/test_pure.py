@@ -146,6 +146,21 @@ def test_pace_moves_toward_the_target_with_capped_growth() -> None:
     assert slow.observe(40, 10.0) >= 10
 
 
+def test_pace_leaves_room_for_jitter() -> None:
+    """Batches alternating 30% either side of the same mean cost: the size settles where a
+    slow batch still fits the target, instead of at target / mean."""
+    from migrator.pace import Pace
+
+    steady = Pace(target_seconds=0.2, max_size=100_000, size=1000, growth_cap=10)
+    jittery = Pace(target_seconds=0.2, max_size=100_000, size=1000, growth_cap=10)
+    for i in range(40):
+        steady.observe(steady.size, steady.size * 0.0002)
+        jittery.observe(jittery.size, jittery.size * 0.0002 * (1.3 if i % 2 else 0.7))
+    assert steady.size == 1000  # 0.2 s at 0.2 ms a document
+    assert 600 < jittery.size < 800
+    assert jittery.size * 0.0002 * 1.3 <= 0.2  # a slow batch still fits the target
+
+
 def test_recent_rate_counts_busy_time_once() -> None:
     """Overlapping batches of two workers count once; a pause between batches not at all."""
     from migrator.pace import recent_rate
