@@ -1310,7 +1310,7 @@ def limits(c: WayResult, a: WayResult) -> list[str]:
         "",
         f"The pace settled at a median of {percentile([float(x) for x in steady], 50) or 0:,.0f}"
         f" documents per batch over the second half of the run (first batch {sizes[0]}, largest"
-        f" {max(sizes):,}, {len(sizes)} batches; `Pace` grows a batch by at most 1.5× a step),"
+        f" {max(sizes):,}, {len(sizes)} batches; `Pace` grows a batch by at most {Pace.growth_cap:g}× a step and leaves headroom for the slower recent batches),"
         f" {per_doc * 1000:.2f} ms of batch time per document against"
         f" {a.seconds / max(a.documents, 1) * 1000:.3f} ms in the ceiling's single transaction."
         f" {batch_total:.1f} s of the {c.seconds:.1f} s were inside batches (the journal's"

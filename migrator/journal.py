@@ -141,6 +141,46 @@ def metadata(schema: str) -> sa.MetaData:
         sa.Column("old_id", uuid),
     )
     sa.Table(
+        "backups",
+        md,
+        sa.Column("id", sa.BigInteger, primary_key=True),
+        sa.Column("created_at", ts),
+        sa.Column("created_by", sa.Text),
+        sa.Column("path", sa.Text),
+        sa.Column("bytes", sa.BigInteger),
+        sa.Column("tables", pg.JSONB),
+        sa.Column("fingerprint", pg.JSONB),
+        sa.Column("restored_fingerprint", pg.JSONB),
+        sa.Column("verified", sa.Boolean),
+        sa.Column("verified_at", ts),
+        sa.Column("seconds", sa.Float),
+        sa.Column("error", sa.Text),
+    )
+    sa.Table(
+        "preflights",
+        md,
+        sa.Column("id", sa.BigInteger, primary_key=True),
+        sa.Column("at", ts),
+        sa.Column("actor", sa.Text),
+        sa.Column("ok", sa.Boolean),
+        sa.Column("config_fingerprint", sa.Text),
+        sa.Column("checks", pg.JSONB),
+    )
+    sa.Table(
+        "waits",
+        md,
+        sa.Column("id", sa.BigInteger, primary_key=True),
+        sa.Column("run_id", sa.BigInteger),
+        sa.Column("worker", sa.Text),
+        sa.Column("reason", sa.Text),
+        sa.Column("detail", sa.Text),
+        sa.Column("value", sa.Float),
+        sa.Column("threshold", sa.Float),
+        sa.Column("action", sa.Text),
+        sa.Column("started_at", ts),
+        sa.Column("seconds", sa.Float),
+    )
+    sa.Table(
         "audit",
         md,
         sa.Column("id", sa.BigInteger, primary_key=True),

@@ -22,7 +22,8 @@ class Pace:
     min_size: int = 10
     max_size: int = 5000
     size: int = 100
-    growth_cap: float = 1.5
+    #: TCP slow start doubles too: from the small first batch to full size in a few steps
+    growth_cap: float = 2.0
     #: weight of the newest batch in the smoothed cost
     alpha: float = 0.4
     #: how many recent batches the headroom is taken from, and which of their slowness

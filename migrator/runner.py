@@ -144,7 +144,7 @@ def _count_in(
     )
 
 
-def _start(conn: Connection, settings: Settings, lock_timeout: timedelta) -> None:
+def set_batch_locals(conn: Connection, settings: Settings, lock_timeout: timedelta) -> None:
     """Local timeouts; the lease: a worker that hangs inside a batch loses it to the server."""
     ms = {
         "statement_timeout": settings.database.statement_timeout,
@@ -164,6 +164,9 @@ def _claim(
     documents together; None when there is none. One statement: the claim, the id map's new
     state and batch, and the batch table's rows."""
     b = _batch_table(conn)
+    # empty after every commit (ON COMMIT DELETE ROWS); within `uuidguard plan`'s rehearsal
+    # several batches share one transaction
+    conn.execute(sa.delete(b))
     claim = (
         sa.select(id_map.c.old_id)
         .where(id_map.c.run_id == run_id, id_map.c.state == "pending")
@@ -339,10 +342,10 @@ def forward_batch(
     none is claimable, Stopped when the run is not running. A batch time changed on the run
     (`uuidguard migrate set`) is applied to `pace` before the batch is sized."""
     schema = settings.journal_schema
-    runs_t, id_map, batches, rewrites = _journal(journal.metadata(schema), schema)
+    runs_t = journal.metadata(schema).tables[f"{schema}.runs"]
     started = time.monotonic()
     with conn.begin() as tx:
-        _start(conn, settings, lock_timeout)
+        set_batch_locals(conn, settings, lock_timeout)
         # a shared lock on the run row: pause and rollback update that row, so they wait for
         # the batches in flight, and no batch commits after a rollback has listed the batches
         state, live = conn.execute(
@@ -354,29 +357,46 @@ def forward_batch(
             return Stopped(str(state))
         if (live or {}).get("batch_time"):
             pace.retarget(float(live["batch_time"]))
-        size = pace.size
-        batch_id = conn.execute(
-            sa.insert(batches)
-            .values(run_id=run_id, state="committed", worker=worker, documents=0, target_size=size)
-            .returning(batches.c.id)
-        ).scalar_one()
-        claimed = _claim(conn, id_map, run_id, batch_id, size)
-        if claimed is None:
+        result = apply_batch(conn, settings, p, run_id, pace.size, worker, started)
+        if result is None:
             tx.rollback()  # nothing pending: not even the batch row stays
-            return None
-        b, n = claimed
-        skipped = _lock_and_skip(conn, settings, p, id_map, run_id, b)
-        n -= skipped
-        rewritten = _rewrite(conn, settings, p, rewrites, batch_id, b)
-        _verify(conn, settings, p, batch_id, b, n)
-        seconds = time.monotonic() - started
-        conn.execute(
-            sa.update(batches)
-            .where(batches.c.id == batch_id)
-            .values(
-                documents=n, rows=rewritten, committed_at=sa.func.clock_timestamp(), seconds=seconds
-            )
+    return result
+
+
+def apply_batch(
+    conn: Connection,
+    settings: Settings,
+    p: Plan,
+    run_id: int,
+    size: int,
+    worker: str,
+    started: float,
+) -> BatchResult | None:
+    """One batch's work inside the caller's transaction, which the caller commits (a batch)
+    or rolls back (nothing claimable, or `uuidguard plan`'s measured rehearsal)."""
+    schema = settings.journal_schema
+    _, id_map, batches, rewrites = _journal(journal.metadata(schema), schema)
+    batch_id = conn.execute(
+        sa.insert(batches)
+        .values(run_id=run_id, state="committed", worker=worker, documents=0, target_size=size)
+        .returning(batches.c.id)
+    ).scalar_one()
+    claimed = _claim(conn, id_map, run_id, batch_id, size)
+    if claimed is None:
+        return None
+    b, n = claimed
+    skipped = _lock_and_skip(conn, settings, p, id_map, run_id, b)
+    n -= skipped
+    rewritten = _rewrite(conn, settings, p, rewrites, batch_id, b)
+    _verify(conn, settings, p, batch_id, b, n)
+    seconds = time.monotonic() - started
+    conn.execute(
+        sa.update(batches)
+        .where(batches.c.id == batch_id)
+        .values(
+            documents=n, rows=rewritten, committed_at=sa.func.clock_timestamp(), seconds=seconds
         )
+    )
     return BatchResult(batch_id, n, skipped, rewritten, time.monotonic() - started)
 
 

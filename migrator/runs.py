@@ -84,8 +84,23 @@ def fingerprint(conn: Connection, settings: Settings) -> dict[str, Any]:
     return out
 
 
-def create(conn: Connection, settings: Settings, option: Option, now: datetime, actor: str) -> int:
-    """Plan a run: fix the set of documents it will re-key, taken from one consistent snapshot."""
+def active_run(conn: Connection, settings: Settings) -> int | None:
+    """The run that is not finished, if any (at most one: a unique index says so)."""
+    runs = _t(settings, "runs")
+    found = conn.execute(sa.select(runs.c.id).where(runs.c.state.in_(ACTIVE))).scalar_one_or_none()
+    return int(found) if found is not None else None
+
+
+def create(
+    conn: Connection,
+    settings: Settings,
+    option: Option,
+    now: datetime,
+    actor: str,
+    take_fingerprint: bool = True,
+) -> int:
+    """Plan a run: fix the set of documents it will re-key, taken from one consistent snapshot.
+    `take_fingerprint=False` is for `uuidguard plan`'s rehearsal, which is rolled back."""
     schema = settings.journal_schema
     journal.require_current(conn, schema)
     fks = catalog.strategies(conn, settings)  # refuses unmapped foreign keys before any write
@@ -141,7 +156,7 @@ def create(conn: Connection, settings: Settings, option: Option, now: datetime, 
         )
     )
     count = conn.execute(sa.select(sa.func.count()).where(id_map.c.run_id == run_id)).scalar_one()
-    before = fingerprint(conn, settings)
+    before = fingerprint(conn, settings) if take_fingerprint else None
     conn.execute(
         sa.update(runs)
         .where(runs.c.id == run_id)

@@ -233,6 +233,80 @@ class MigrateSettings(_Section):
     lease: Duration = timedelta(minutes=2)
 
 
+class BackupSettings(_Section):
+    """`uuidguard backup` and the preflight's backup check."""
+
+    #: where backups are written when --out is not given
+    dir: Path = Path(".uuidguard/backups")
+    #: a verified backup older than this fails the preflight
+    max_age: Duration = timedelta(hours=24)
+    #: the directory of pg_dump and pg_restore; empty: the embedded server's, else PATH
+    pg_bin: Path | None = None
+
+    @field_validator("pg_bin", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+
+class ThrottleSettings(_Section):
+    """Database health checked before every batch (DESIGN §3.3): above `*_max` the worker waits,
+    above `*_critical` the run is paused (audited). 0 or "" switches a signal off."""
+
+    #: how often a waiting worker looks again
+    check_interval: Duration = timedelta(seconds=1)
+    #: sessions waiting for a lock on a mapped table
+    lock_waiters_max: int = Field(3, ge=0)
+    lock_waiters_critical: int = Field(0, ge=0)
+    #: the oldest open transaction (other than uuidguard's own)
+    transaction_age_max: Duration = timedelta(minutes=5)
+    transaction_age_critical: Duration = timedelta(0)
+    #: replica replay lag, where pg_stat_replication lists replicas
+    replica_lag_max: Duration = timedelta(seconds=30)
+    replica_lag_critical: Duration = timedelta(minutes=5)
+    #: WAL segments waiting for the archiver (archive_status .ready files)
+    archive_backlog_max: int = Field(100, ge=0)
+    archive_backlog_critical: int = Field(0, ge=0)
+    #: wait while autovacuum works on a mapped table
+    autovacuum: bool = True
+    #: active connections as a share of max_connections
+    connections_max: float = Field(0.9, ge=0, le=1)
+    connections_critical: float = Field(0.0, ge=0, le=1)
+    #: a read-only SQL query returning one number, with its thresholds
+    query: str = ""
+    query_max: float = 0.0
+    query_critical: float = 0.0
+    #: a Prometheus instant query returning one number (e.g. the RAG service's p99 latency)
+    prometheus_url: str = ""
+    prometheus_query: str = ""
+    prometheus_max: float = 0.0
+    prometheus_critical: float = 0.0
+    #: while this file exists every worker waits (touch it to hold the migration)
+    flag_file: Path = Path(".uuidguard/throttle")
+
+
+class WindowSettings(_Section):
+    """When batches may run: cron expressions (5 fields, minute granularity, server's local
+    time zone unless `timezone` is set); empty means always."""
+
+    allowed: list[str] = Field(default_factory=list)
+    #: inside these, batches may take `low_traffic_batch_time` seconds instead of batch_time
+    low_traffic: list[str] = Field(default_factory=list)
+    low_traffic_batch_time: float = Field(0.5, gt=0)
+    timezone: str = "UTC"
+
+
+class MonitoringSettings(_Section):
+    """What the preflight checks is reachable when configured (issues 6 and 7 use them too)."""
+
+    prometheus_url: str = ""
+    alertmanager_url: str = ""
+    #: the daemon's /metrics as Prometheus should scrape it (checked among Prometheus's targets)
+    daemon_url: str = "http://127.0.0.1:9477/metrics"
+    slack_token: SecretStr | None = None
+    slack_base_url: str = "https://slack.com/api/"
+
+
 class Settings(BaseSettings):
     """Everything uuidguard reads at start; passed down, never read from globals."""
 
@@ -249,6 +323,10 @@ class Settings(BaseSettings):
     id_rule: IdRuleSettings = IdRuleSettings()
     assess: AssessSettings = AssessSettings()
     migrate: MigrateSettings = MigrateSettings()
+    backup: BackupSettings = BackupSettings()
+    throttle: ThrottleSettings = ThrottleSettings()
+    windows: WindowSettings = WindowSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
     journal_schema: Identifier = "uuidguard"
 
     @model_validator(mode="after")

@@ -23,7 +23,7 @@ from migrator import settings as settings_mod
 from migrator.errors import UsageError, UuidguardError
 from migrator.idrule import IdRule
 from migrator.reports import assessment as assessment_report
-from monitor import cli_migrate
+from monitor import cli_migrate, cli_plan
 from monitor.cli_common import ConfigOpt, DebugOpt, DsnOpt, Format, aware, err, load, out, target_of
 
 app = typer.Typer(
@@ -41,6 +41,8 @@ app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
 app.add_typer(cli_migrate.migrate_app, name="migrate")
 app.command()(cli_migrate.init)
+app.command()(cli_plan.plan)
+app.command("preflight")(cli_plan.preflight_cmd)
 
 # ---------------------------------------------------------------------------------- config
 

@@ -13,7 +13,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from sqlalchemy.engine import Engine
 
-from migrator import db, journal, runner, runs, verify
+from migrator import db, journal, preflight, runner, runs, verify
 from migrator import settings as settings_mod
 from migrator.errors import UsageError
 from migrator.pace import Pace
@@ -101,12 +101,19 @@ def migrate_run(
     workers: Annotated[
         int, typer.Option(min=1, max=64, help="Worker processes claiming batches together.")
     ] = 1,
+    force: Annotated[
+        bool, typer.Option("--force", help="Run even though the latest preflight failed.")
+    ] = False,
     config: ConfigOpt = None,
     dsn: DsnOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Run batches in the foreground until done, paused, or --max-batches; running again resumes."""
     s, engine, run_id = _resolve(config, dsn, run)
+    with db.connect(engine) as conn, conn.begin():
+        note = preflight.require_passed(conn, s, force)
+    if note:
+        err.print(f"note: {note}", markup=False)
     ms = s.migrate
     pace = Pace(
         target_seconds=batch_time or ms.batch_time,

@@ -43,3 +43,13 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]], align: str =
 def _cell(value: object) -> str:
     text = "–" if value is None else str(value)
     return text.replace("|", "\\|").replace("\n", " ")
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    if seconds < 120:
+        return f"{seconds:,.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:,.0f} min"
+    return f"{seconds / 3600:,.1f} h"
