@@ -198,23 +198,31 @@ def _claim(
 
 
 def _lock_and_skip(
-    conn: Connection, settings: Settings, p: Plan, id_map: sa.Table, run_id: int, b: sa.TableClause
+    conn: Connection,
+    settings: Settings,
+    p: Plan,
+    id_map: sa.Table,
+    run_id: int,
+    b: sa.TableClause,
+    claimed: int,
 ) -> int:
     """Lock the batch's documents; leave out those deleted since the run was planned or whose
     new id was taken since (a fresh upload of the same file): reported, never forced.
-    Returns how many were left out."""
+    Returns how many were left out. One statement when nothing is left out (the usual case)."""
     d = p.tables.documents
     doc_id = d.c(settings.mapping.documents.id)
+    holder = d.table.alias("holder")
+    taken = sa.exists().where(holder.c[settings.mapping.documents.id] == b.c.new_id)
     # the application's writes to these documents wait for this short transaction
-    conn.execute(sa.select(doc_id).where(doc_id.in_(sa.select(b.c.old_id))).with_for_update())
-    # two index probes joined by UNION: an OR of two EXISTS made the planner scan documents
-    deleted = (
-        sa.select(b.c.old_id)
-        .select_from(b.outerjoin(d.table, doc_id == b.c.old_id))
-        .where(doc_id.is_(None))
-    )
-    taken = sa.select(b.c.old_id).select_from(b.join(d.table, doc_id == b.c.new_id))
-    skipped = [r[0] for r in conn.execute(sa.union(deleted, taken))]
+    found = conn.execute(
+        sa.select(b.c.old_id, taken.label("taken"))
+        .select_from(b.join(d.table, doc_id == b.c.old_id))
+        .with_for_update(of=d.table)
+    ).all()
+    skipped = [r.old_id for r in found if r.taken]
+    if len(found) < claimed:  # some were deleted since the run was planned
+        present = {r.old_id for r in found}
+        skipped += [r[0] for r in conn.execute(sa.select(b.c.old_id)) if r[0] not in present]
     if skipped:
         conn.execute(
             sa.update(id_map)
@@ -232,9 +240,10 @@ def _rewrite(
     rewrites: sa.Table,
     batch_id: int,
     b: sa.TableClause,
-) -> dict[str, int]:
+) -> tuple[dict[str, int], int]:
     """Re-key the documents and every reference, journaling each rewritten row's key, grouped
-    into one journal row per document and reference. Returns rows rewritten per reference."""
+    into one journal row per document and reference. Returns rows rewritten per reference
+    and the documents re-keyed."""
     d = p.tables.documents
     dm = settings.mapping.documents
     doc_id = d.c(dm.id)
@@ -295,38 +304,43 @@ def _rewrite(
             conn.execute(sa.select(sa.func.coalesce(sa.func.sum(journaled.c.n), 0))).scalar_one()
         )
     if p.copy_documents:
-        conn.execute(sa.delete(d.table).where(doc_id.in_(sa.select(b.c.old_id))))
+        done = (
+            sa.delete(d.table)
+            .where(doc_id.in_(sa.select(b.c.old_id)))
+            .returning(doc_id)
+            .cte("rekeyed")
+        )
     else:
-        conn.execute(sa.update(d.table).where(doc_id == b.c.old_id).values({dm.id: b.c.new_id}))
-    return rewritten
+        done = (
+            sa.update(d.table)
+            .where(doc_id == b.c.old_id)
+            .values({dm.id: b.c.new_id})
+            .returning(doc_id)
+            .cte("rekeyed")
+        )
+    documents = conn.execute(sa.select(sa.func.count()).select_from(done)).scalar_one()
+    return rewritten, int(documents)
 
 
 def _verify(
-    conn: Connection, settings: Settings, p: Plan, batch_id: int, b: sa.TableClause, moving: int
+    conn: Connection,
+    p: Plan,
+    batch_id: int,
+    b: sa.TableClause,
+    moving: int,
+    rekeyed: int,
 ) -> None:
-    """Inside the batch's transaction, in one statement: no reference to an old id remains
-    (rows the application added meanwhile included) and every document carries its new id."""
-    d = p.tables.documents
-    dm = settings.mapping.documents
+    """Inside the batch's transaction: every document was re-keyed, and (in one statement) no
+    reference to an old id remains, rows the application added meanwhile included."""
+    if rekeyed != moving:
+        raise VerificationError(batch_id, f"{rekeyed} of {moving} documents were re-keyed")
     refs = p.tables.references
-    counts = conn.execute(
-        sa.select(
-            *[_count_in(t, ref.column, b.c.old_id) for ref, t in refs],
-            _count_in(d, dm.id, b.c.old_id),
-            _count_in(d, dm.id, b.c.new_id),
-        )
-    ).one()
-    for (ref, _), left in zip(refs, counts, strict=False):
-        if left:
+    left = conn.execute(sa.select(*[_count_in(t, ref.column, b.c.old_id) for ref, t in refs])).one()
+    for (ref, _), n in zip(refs, left, strict=True):
+        if n:
             raise VerificationError(
-                batch_id, f"{left} rows of {ref.table}.{ref.column} still carry an old id"
+                batch_id, f"{n} rows of {ref.table}.{ref.column} still carry an old id"
             )
-    old_docs, new_docs = counts[-2], counts[-1]
-    if old_docs or new_docs != moving:
-        raise VerificationError(
-            batch_id,
-            f"{new_docs} of {moving} documents carry their new id, {old_docs} their old one",
-        )
 
 
 def forward_batch(
@@ -385,10 +399,10 @@ def apply_batch(
     if claimed is None:
         return None
     b, n = claimed
-    skipped = _lock_and_skip(conn, settings, p, id_map, run_id, b)
+    skipped = _lock_and_skip(conn, settings, p, id_map, run_id, b, n)
     n -= skipped
-    rewritten = _rewrite(conn, settings, p, rewrites, batch_id, b)
-    _verify(conn, settings, p, batch_id, b, n)
+    rewritten, rekeyed = _rewrite(conn, settings, p, rewrites, batch_id, b)
+    _verify(conn, p, batch_id, b, n, rekeyed)
     seconds = time.monotonic() - started
     conn.execute(
         sa.update(batches)
