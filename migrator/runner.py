@@ -509,8 +509,11 @@ def run_batches(
     on_batch: Callable[[BatchResult], None] | None = None,
     actor: str | None = None,
     lock_timeout: timedelta | None = None,
+    joining: bool = False,
 ) -> str:
     """Run batches until the run is done, paused, or `max_batches` ran; returns the run state.
+    `joining`: a worker of a multi-worker run, for which the others may already have finished
+    the run; a completed run is then its result, not an error.
 
     Lock timeouts and deadlocks are expected on a live database: the batch is rolled back
     whole, the size halved, and it is retried after a capped exponential backoff. A batch whose
@@ -527,6 +530,8 @@ def run_batches(
                     "was planned with another mapping or id rule",
                     "restore the configuration it was created with, or roll it back and create a new run",
                 )
+            if run["state"] == "completed" and joining:
+                return "completed"
             if run["state"] in runs.FINISHED:
                 raise runs.RunError(run_id, f"is {run['state']}", "create a new run")
             if run["state"] == "rolling_back":

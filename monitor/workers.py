@@ -20,7 +20,7 @@ def _worker(
     s = settings_mod.load_settings(config, **overrides)
     engine = db.create_engine(s)
     worker = f"{socket.gethostname()}:{os.getpid()}"
-    runner.run_batches(engine, s, run_id, worker, pace, max_batches)
+    runner.run_batches(engine, s, run_id, worker, pace, max_batches, joining=True)
 
 
 def run_workers(

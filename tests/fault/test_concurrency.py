@@ -92,7 +92,15 @@ def test_two_workers_with_the_application_writing(settings: Settings) -> None:
     app = App(url, [(u, s) for u, s in targets])
     app.start()
     try:
-        _ok(url, "migrate", "run", "--workers", "2", env={"UUIDGUARD_MIGRATE__MAX_BATCH": "40"})
+        # small batches: the run must outlast the second process's start (a spawned interpreter)
+        _ok(
+            url,
+            "migrate",
+            "run",
+            "--workers",
+            "2",
+            env={"UUIDGUARD_MIGRATE__MAX_BATCH": "3", "UUIDGUARD_MIGRATE__START_BATCH": "3"},
+        )
     finally:
         app.stop.set()
         app.join(timeout=30)
