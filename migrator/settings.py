@@ -307,6 +307,57 @@ class MonitoringSettings(_Section):
     slack_base_url: str = "https://slack.com/api/"
 
 
+class CanarySettings(_Section):
+    """RAG canaries (DESIGN §4): does retrieval reach a document for its owner?"""
+
+    #: documents checked on every canary run, by id
+    pinned: list[str] = Field(default_factory=list)
+    #: random documents checked on every canary run
+    sample: int = Field(20, ge=0, le=10_000)
+    #: modes to run: structural, vector_self, http
+    modes: list[str] = Field(default_factory=lambda: ["structural", "vector_self"])
+    #: vector_self: the embeddings table's vector column and how many neighbours to ask for
+    vector_column: str = "embedding"
+    top_k: int = Field(10, ge=1, le=1000)
+    #: http: the application's search endpoint; the body is a JSON template with {user_id} and
+    #: {query} placeholders; the returned document ids are found at `http_ids_path` (dotted)
+    http_url: str = ""
+    http_body: str = '{"user_id": "{user_id}", "query": "{query}", "top_k": 10}'
+    http_ids_path: str = "results.document_id"
+    http_token: SecretStr | None = None
+    http_timeout: Duration = timedelta(seconds=5)
+
+
+class ProbeSettings(_Section):
+    """How often each probe runs (DESIGN §4); every probe has a server-side timeout."""
+
+    interval: Duration = timedelta(seconds=60)
+    full_sweep_interval: Duration = timedelta(minutes=30)
+    canary_interval: Duration = timedelta(seconds=60)
+    latency_interval: Duration = timedelta(seconds=15)
+    timeout: Duration = timedelta(seconds=30)
+    #: random extra delay added to each run, so replicas and probes do not align
+    jitter: Duration = timedelta(seconds=5)
+    #: new-upload conformance looks at documents created since its last run, at most this far back
+    conformance_window: Duration = timedelta(hours=24)
+    canary: CanarySettings = CanarySettings()
+
+
+class ServeSettings(_Section):
+    """`uuidguard serve`: where it listens and how its control endpoints are protected."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(9477, ge=1, le=65535)
+    #: bearer token of the control endpoints (/api/v1/migration/*); unset: they answer 403
+    api_token: SecretStr | None = None
+    #: bearer token Alertmanager sends to /hooks/alertmanager
+    webhook_token: SecretStr | None = None
+    #: run migration batches from the daemon (inside the windows, with the throttle)
+    run_migrations: bool = True
+    #: the leader's advisory lock key (one leader per database runs the probes)
+    leader_lock_key: int = 0x75756964
+
+
 class Settings(BaseSettings):
     """Everything uuidguard reads at start; passed down, never read from globals."""
 
@@ -327,6 +378,8 @@ class Settings(BaseSettings):
     throttle: ThrottleSettings = ThrottleSettings()
     windows: WindowSettings = WindowSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
+    probes: ProbeSettings = ProbeSettings()
+    serve: ServeSettings = ServeSettings()
     journal_schema: Identifier = "uuidguard"
 
     @model_validator(mode="after")
