@@ -10,6 +10,7 @@ pointed at the new id before the run (the healed orphans) stay where they were.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from migrator import catalog, db, journal, runs
 from migrator import tables as tables_mod
+from migrator import throttle as throttle_mod
 from migrator.errors import UuidguardError
 from migrator.pace import Pace
 from migrator.settings import Settings
@@ -510,10 +512,17 @@ def run_batches(
     actor: str | None = None,
     lock_timeout: timedelta | None = None,
     joining: bool = False,
+    throttle: throttle_mod.Throttle | None = None,
+    stop: threading.Event | None = None,
 ) -> str:
     """Run batches until the run is done, paused, or `max_batches` ran; returns the run state.
     `joining`: a worker of a multi-worker run, for which the others may already have finished
     the run; a completed run is then its result, not an error.
+
+    Before each batch the throttle (default: from the settings) may make the worker wait or
+    pause the run (throttle.gate); its query and Prometheus must answer before the first.
+    `stop` (the daemon's shutdown): once set, this worker leaves before its next batch, a wait
+    included, and the run stays as it is for the other workers.
 
     Lock timeouts and deadlocks are expected on a live database: the batch is rolled back
     whole, the size halved, and it is retried after a capped exponential backoff. A batch whose
@@ -521,7 +530,9 @@ def run_batches(
     """
     actor = actor or journal.default_actor()
     lock_timeout = lock_timeout or settings.migrate.lock_timeout
+    throttle = throttle or throttle_mod.Throttle(settings)
     with db.connect(engine) as conn:
+        throttle.validate(conn)
         with conn.begin():
             run = runs.resolve(conn, settings, run_id)
             if run["config_fingerprint"] != runs.config_fingerprint(settings):
@@ -545,7 +556,13 @@ def run_batches(
             )
             p = plan(conn, settings)
         done = retries = failures = 0
+        base_seconds = pace.target_seconds
         while max_batches is None or done < max_batches:
+            stopped = throttle_mod.gate(
+                conn, settings, throttle, run_id, worker, pace, base_seconds, actor, stop
+            )
+            if stopped is not None:
+                return stopped
             try:
                 # the batch reads the run's state and live settings under its own lock
                 result = forward_batch(conn, settings, p, run_id, pace, worker, lock_timeout)
@@ -655,8 +672,10 @@ def rollback(
     everything: bool = False,
     force: bool = False,
     actor: str | None = None,
+    source: str = "cli",
 ) -> int:
-    """Roll back the last K batches, the batches since a time, or the whole run; newest first."""
+    """Roll back the last K batches, the batches since a time, or the whole run; newest first.
+    `source` says where the command came from in the audit log (cli, api, slack, alert)."""
     actor = actor or journal.default_actor()
     schema = settings.journal_schema
     batches = journal.metadata(schema).tables[f"{schema}.batches"]
@@ -678,6 +697,7 @@ def rollback(
                 actor,
                 "rollback",
                 reason="rollback requested",
+                source=source,
                 allowed_from=(
                     "planned",
                     "running",
@@ -710,6 +730,7 @@ def rollback(
                     "rolled_back",
                     actor,
                     "rolled back",
+                    source=source,
                     allowed_from=("rolling_back",),
                 )
         return restored

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -295,4 +295,54 @@ def status(conn: Connection, settings: Settings, run_id: int | None) -> dict[str
         },
         "documents_per_second": rate,
         "eta_seconds": pending / rate if rate else None,
+        **_waits(conn, settings, run),
+    }
+
+
+def _waits(conn: Connection, settings: Settings, run: dict[str, Any]) -> dict[str, Any]:
+    """Seconds waited by throttle reason, and the wait going on now, if any: the latest wait
+    updated recently (a waiting worker updates it every check_interval) after which its
+    worker started no batch. Waits are not busy time: the ETA's rate never counts them."""
+    waits, batches = _t(settings, "waits"), _t(settings, "batches")
+    by_reason = conn.execute(
+        sa.select(waits.c.reason, sa.func.sum(waits.c.seconds))
+        .where(waits.c.run_id == run["id"])
+        .group_by(waits.c.reason)
+        .order_by(waits.c.reason)
+    ).all()
+    current = None
+    if run["state"] == "running":
+        secs = sa.func.make_interval(0, 0, 0, 0, 0, 0, waits.c.seconds)
+        stale = max(3 * settings.throttle.check_interval.total_seconds(), 10.0)
+        later_batch = sa.exists().where(
+            batches.c.run_id == waits.c.run_id,
+            batches.c.worker == waits.c.worker,
+            batches.c.started_at >= waits.c.started_at + secs,
+        )
+        current = (
+            conn.execute(
+                sa.select(waits.c.reason, waits.c.detail, waits.c.started_at, waits.c.worker)
+                .where(
+                    waits.c.run_id == run["id"],
+                    waits.c.action == "wait",
+                    waits.c.started_at + secs
+                    >= sa.func.now() - sa.func.make_interval(0, 0, 0, 0, 0, 0, stale),
+                    ~later_batch,
+                )
+                .order_by(waits.c.started_at.desc())
+                .limit(1)
+            )
+            .mappings()
+            .one_or_none()
+        )
+    return {
+        "waits": {reason: round(float(s or 0), 3) for reason, s in by_reason},
+        "waiting": None
+        if current is None
+        else {
+            "reason": current["reason"],
+            "detail": current["detail"],
+            "since": current["started_at"].astimezone(UTC).isoformat(),
+            "worker": current["worker"],
+        },
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import string
@@ -9,7 +10,9 @@ import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo
 
+from apscheduler.triggers.cron import CronTrigger
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -18,6 +21,7 @@ from pydantic import (
     PlainSerializer,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -249,51 +253,151 @@ class BackupSettings(_Section):
         return None if value == "" else value
 
 
+_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+
+
+def _crontab_weekdays(field: str) -> str:
+    """A crontab day-of-week field in APScheduler 3's terms: crontab counts 0 (and 7) as
+    Sunday, APScheduler 3 counts 0 as Monday (its issue 286), so numbers become names."""
+    items = []
+    for item in field.split(","):
+        span, _, step = item.partition("/")
+        if any(c.isalpha() for c in span):
+            items.append(item)  # names mean the same to both
+            continue
+        if span == "*":
+            first, last = 0, 6
+        else:
+            low, _, high = span.partition("-")
+            first, last = int(low), int(high or (6 if step else low))
+        if not 0 <= first <= last <= 7:
+            raise ValueError(f"day of week {item!r} is not within 0-7")
+        days = range(first, last + 1, int(step) if step else 1)
+        items.extend(_WEEKDAYS[d % 7] for d in days)
+    return ",".join(dict.fromkeys(items))
+
+
+def cron_trigger(expr: str, timezone: str) -> CronTrigger:
+    """A 5-field crontab expression (minute hour day month weekday, crontab's own weekday
+    numbers) as an APScheduler trigger in `timezone`."""
+    fields = expr.split()
+    if len(fields) != 5:
+        raise ValueError(
+            f"{expr!r} has {len(fields)} fields; a cron expression has 5: minute hour day month weekday"
+        )
+    try:
+        fields[4] = _crontab_weekdays(fields[4])
+        return CronTrigger.from_crontab(" ".join(fields), timezone=ZoneInfo(timezone))
+    except (ValueError, KeyError) as exc:  # ZoneInfoNotFoundError is a KeyError
+        raise ValueError(f"{expr!r} is not a cron expression ({exc})") from exc
+
+
 class ThrottleSettings(_Section):
-    """Database health checked before every batch (DESIGN §3.3): above `*_max` the worker waits,
-    above `*_critical` the run is paused (audited). 0 or "" switches a signal off."""
+    """Database health checked before every batch (DESIGN §3.3): at or above `*_max` the worker
+    waits, at or above `*_critical` the run is paused (audited). 0 or "" switches a signal off.
+    `query` and Prometheus are tried when a run starts: a failure there stops the run with an
+    error; later on, a failure makes the workers wait (reason `query` or `prometheus`)."""
 
     #: how often a waiting worker looks again
     check_interval: Duration = timedelta(seconds=1)
+    #: statement timeout of the health checks (the query included) and the Prometheus timeout
+    check_timeout: Duration = timedelta(seconds=5)
     #: sessions waiting for a lock on a mapped table
     lock_waiters_max: int = Field(3, ge=0)
     lock_waiters_critical: int = Field(0, ge=0)
-    #: the oldest open transaction (other than uuidguard's own)
+    #: the oldest open transaction on the database (other than uuidguard's own)
     transaction_age_max: Duration = timedelta(minutes=5)
     transaction_age_critical: Duration = timedelta(0)
     #: replica replay lag, where pg_stat_replication lists replicas
     replica_lag_max: Duration = timedelta(seconds=30)
     replica_lag_critical: Duration = timedelta(minutes=5)
-    #: WAL segments waiting for the archiver (archive_status .ready files)
+    #: WAL segments waiting for the archiver (archive_status .ready files; needs pg_monitor)
     archive_backlog_max: int = Field(100, ge=0)
     archive_backlog_critical: int = Field(0, ge=0)
     #: wait while autovacuum works on a mapped table
     autovacuum: bool = True
-    #: active connections as a share of max_connections
+    #: client connections as a share of max_connections
     connections_max: float = Field(0.9, ge=0, le=1)
     connections_critical: float = Field(0.0, ge=0, le=1)
-    #: a read-only SQL query returning one number, with its thresholds
+    #: a SQL query returning one number, run read-only with the check timeout
     query: str = ""
-    query_max: float = 0.0
-    query_critical: float = 0.0
+    query_max: float = Field(0.0, ge=0)
+    query_critical: float = Field(0.0, ge=0)
     #: a Prometheus instant query returning one number (e.g. the RAG service's p99 latency)
     prometheus_url: str = ""
-    prometheus_query: str = ""
-    prometheus_max: float = 0.0
-    prometheus_critical: float = 0.0
-    #: while this file exists every worker waits (touch it to hold the migration)
-    flag_file: Path = Path(".uuidguard/throttle")
+    prometheus_query: str = Field("", validate_default=True)
+    prometheus_max: float = Field(0.0, ge=0)
+    prometheus_critical: float = Field(0.0, ge=0)
+    #: while this file exists every worker waits (touch it to hold the migration); "" for none
+    flag_file: Path | None = Path(".uuidguard/throttle")
+
+    @field_validator("flag_file", mode="before")
+    @classmethod
+    def _no_flag_file(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("prometheus_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if value and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("expected a URL such as http://prometheus:9090")
+        return value.rstrip("/")
+
+    @field_validator("prometheus_query")
+    @classmethod
+    def _with_url(cls, value: str, info: ValidationInfo) -> str:
+        if bool(value) != bool(info.data.get("prometheus_url")):
+            raise ValueError("goes with throttle.prometheus_url: set both or neither")
+        return value
+
+    @model_validator(mode="after")
+    def _coherent(self) -> ThrottleSettings:
+        for signal in ("query", "prometheus"):
+            text = self.query if signal == "query" else self.prometheus_query
+            if text and not (getattr(self, f"{signal}_max") or getattr(self, f"{signal}_critical")):
+                raise ValueError(f"{signal} is set but {signal}_max and {signal}_critical are 0")
+        for signal in (
+            "lock_waiters",
+            "transaction_age",
+            "replica_lag",
+            "archive_backlog",
+            "connections",
+            "query",
+            "prometheus",
+        ):
+            high, critical = getattr(self, f"{signal}_max"), getattr(self, f"{signal}_critical")
+            if high and critical and critical < high:
+                raise ValueError(f"{signal}_critical is below {signal}_max")
+        return self
 
 
 class WindowSettings(_Section):
-    """When batches may run: cron expressions (5 fields, minute granularity, server's local
-    time zone unless `timezone` is set); empty means always."""
+    """When batches may run: cron expressions (5 fields: minute hour day month weekday, 0 or 7
+    is Sunday), read in `timezone`; a minute the expression matches is inside the window.
+    Empty `allowed` means always."""
 
     allowed: list[str] = Field(default_factory=list)
     #: inside these, batches may take `low_traffic_batch_time` seconds instead of batch_time
+    #: (a batch time set on the run with `uuidguard migrate set` wins over both)
     low_traffic: list[str] = Field(default_factory=list)
     low_traffic_batch_time: float = Field(0.5, gt=0)
     timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ValueError, KeyError) as exc:
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as UTC") from exc
+        return value
+
+    @field_validator("allowed", "low_traffic")
+    @classmethod
+    def _crontabs(cls, value: list[str]) -> list[str]:
+        for expr in value:
+            cron_trigger(expr, "UTC")
+        return value
 
 
 class MonitoringSettings(_Section):
@@ -307,25 +411,67 @@ class MonitoringSettings(_Section):
     slack_base_url: str = "https://slack.com/api/"
 
 
+CANARY_MODES = ("structural", "vector_self", "http")
+
+
 class CanarySettings(_Section):
     """RAG canaries (DESIGN §4): does retrieval reach a document for its owner?"""
 
-    #: documents checked on every canary run, by id
+    #: documents checked on every canary run, by id (an id the migration re-keyed is followed
+    #: to its new id through the journal)
     pinned: list[str] = Field(default_factory=list)
-    #: random documents checked on every canary run
+    #: random processed documents checked on every canary run
     sample: int = Field(20, ge=0, le=10_000)
     #: modes to run: structural, vector_self, http
     modes: list[str] = Field(default_factory=lambda: ["structural", "vector_self"])
-    #: vector_self: the embeddings table's vector column and how many neighbours to ask for
-    vector_column: str = "embedding"
+    #: vector_self: how many neighbours the application's similarity query asks for (the vector
+    #: column is mapping.embeddings.vector)
     top_k: int = Field(10, ge=1, le=1000)
-    #: http: the application's search endpoint; the body is a JSON template with {user_id} and
-    #: {query} placeholders; the returned document ids are found at `http_ids_path` (dotted)
-    http_url: str = ""
+    #: http: the application's search endpoint; the body is a JSON template whose strings may
+    #: hold {user_id}, {query} and {top_k}; the returned document ids are found at
+    #: `http_ids_path` (dotted; lists on the way are searched element by element)
+    http_url: str = Field("", validate_default=True)
     http_body: str = '{"user_id": "{user_id}", "query": "{query}", "top_k": 10}'
     http_ids_path: str = "results.document_id"
     http_token: SecretStr | None = None
     http_timeout: Duration = timedelta(seconds=5)
+    #: http: the query is the start of one of the document's chunks, this many characters
+    query_chars: int = Field(200, ge=1, le=10_000)
+
+    @field_validator("modes")
+    @classmethod
+    def _known_modes(cls, value: list[str]) -> list[str]:
+        unknown = [m for m in value if m not in CANARY_MODES]
+        if unknown:
+            raise ValueError(
+                f"unknown mode {unknown[0]!r}; the modes are {', '.join(CANARY_MODES)}"
+            )
+        return list(dict.fromkeys(value))
+
+    @field_validator("http_body")
+    @classmethod
+    def _json_template(cls, value: str) -> str:
+        try:
+            json.loads(value)
+        except ValueError as exc:
+            raise ValueError(f"not a JSON document ({exc})") from exc
+        return value
+
+    @field_validator("http_ids_path")
+    @classmethod
+    def _dotted_path(cls, value: str) -> str:
+        if not value or any(not part for part in value.split(".")):
+            raise ValueError("expected a dotted path such as results.document_id")
+        return value
+
+    @field_validator("http_url")
+    @classmethod
+    def _http_needs_url(cls, value: str, info: ValidationInfo) -> str:
+        if "http" in info.data.get("modes", ()) and not re.match(r"^https?://", value):
+            raise ValueError(
+                "mode http needs the application's search endpoint (an http:// or https:// URL)"
+            )
+        return value
 
 
 class ProbeSettings(_Section):
@@ -333,6 +479,8 @@ class ProbeSettings(_Section):
 
     interval: Duration = timedelta(seconds=60)
     full_sweep_interval: Duration = timedelta(minutes=30)
+    #: the probes that scan the documents table alone (id versions, unprocessed documents)
+    documents_interval: Duration = timedelta(minutes=5)
     canary_interval: Duration = timedelta(seconds=60)
     latency_interval: Duration = timedelta(seconds=15)
     timeout: Duration = timedelta(seconds=30)
@@ -340,6 +488,15 @@ class ProbeSettings(_Section):
     jitter: Duration = timedelta(seconds=5)
     #: new-upload conformance looks at documents created since its last run, at most this far back
     conformance_window: Duration = timedelta(hours=24)
+    #: new-upload conformance: a row may commit this long after its created_at (a long upload
+    #: transaction); rows this close behind the watermark are looked at again, never twice counted
+    commit_lag: Duration = timedelta(minutes=5)
+    #: new-upload conformance: at most this many new documents per run (the rest wait for the next)
+    new_uploads_page: int = Field(10_000, ge=1, le=1_000_000)
+    #: rolling orphan scan: chunks read per run, in chunk id order, wrapping around at the end
+    orphan_scan_page: int = Field(10_000, ge=1, le=1_000_000)
+    #: sampled pipeline consistency: random processed documents checked per run
+    pipeline_sample: int = Field(200, ge=1, le=100_000)
     canary: CanarySettings = CanarySettings()
 
 

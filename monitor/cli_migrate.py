@@ -272,6 +272,15 @@ def migrate_status(
         out.print(
             f"rate {st['documents_per_second']:,.0f} documents/s; ETA {st['eta_seconds']:,.0f} s"
         )
+    if st.get("waiting"):
+        w = st["waiting"]
+        since = datetime.fromisoformat(w["since"]).strftime("%Y-%m-%d %H:%M:%S UTC")
+        out.print(f"waiting since {since} ({w['reason']}): {w['detail']}", markup=False)
+    if st.get("waits"):
+        waited = sorted(st["waits"].items(), key=lambda kv: -kv[1])
+        out.print(
+            "throttle waits: " + ", ".join(f"{r} {s:,.1f} s" for r, s in waited), markup=False
+        )
 
 
 @migrate_app.command("set")
