@@ -1,0 +1,199 @@
+"""The daemon's parts that read no mapped table: store, exposition, API, leader, probe bounds."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from datetime import timedelta
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from starlette.testclient import TestClient
+
+from migrator import db, runner
+from migrator.pace import Pace
+from migrator.settings import Settings, load_settings
+from monitor import migration_probe
+from monitor.api import MAX_BODY, create_app
+from monitor.daemon import Daemon, Leader
+from monitor.probing import ProbeContext, ProbeOutput, ProbeSpec, run_probe
+from tests.migrator.test_migrate import _create, _prepare
+
+TOKEN = "s3cret-token"
+
+
+def _daemon(settings: Settings, **serve: object) -> Daemon:
+    assert settings.database.dsn is not None
+    s = load_settings(
+        None,
+        database={"dsn": settings.database.dsn.get_secret_value()},
+        serve={"api_token": TOKEN, **serve},
+    )
+    return Daemon(s, [])
+
+
+def _probe_once(d: Daemon, name: str = "migration") -> None:
+    spec = next(s for s in d.specs if s.name == name)
+    d._run(spec)
+
+
+def test_migration_metrics_are_promtool_clean_and_need_no_database(settings: Settings) -> None:
+    engine, _ = _prepare(settings, "none")
+    run_id = _create(engine, settings)
+    runner.run_batches(engine, settings, run_id, "w", Pace(size=10, max_size=10), max_batches=3)
+    d = _daemon(settings)
+    d.leader.is_leader = True
+    _probe_once(d)
+    client = TestClient(create_app(d))
+    body = client.get("/metrics").text
+    assert 'uuidguard_migration_state{state="running"} 1.0' in body
+    assert "uuidguard_migration_documents_remaining" in body
+    assert 'uuidguard_migration_batches_total{state="committed"} 3.0' in body
+    assert "uuidguard_migration_batch_duration_seconds_bucket" in body
+    assert 'uuidguard_probe_runs_total{probe="migration",result="success"} 1.0' in body
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool missing: `make test` installs it (Debian package prometheus)"
+    check = subprocess.run(
+        [promtool, "check", "metrics"], input=body, capture_output=True, text=True, timeout=60
+    )
+    assert check.returncode == 0 and not check.stdout.strip() and not check.stderr.strip(), (
+        check.stdout + check.stderr
+    )
+    # a hundred scrapes with the database gone: still answered, from memory only
+    d.engine.dispose()
+    d.engine = sa.create_engine("postgresql+psycopg://nobody@127.0.0.1:1/none")
+    for _ in range(100):
+        r = client.get("/metrics")
+        assert r.status_code == 200 and "uuidguard_migration_state" in r.text
+    d.engine.dispose()
+
+
+def test_control_endpoints_need_the_token_and_are_audited(settings: Settings) -> None:
+    engine, _ = _prepare(settings, "none")
+    run_id = _create(engine, settings)
+    client = TestClient(create_app(_daemon(settings)))
+    assert client.post("/api/v1/migration/pause").status_code == 401
+    assert (
+        client.post(
+            "/api/v1/migration/pause", headers={"Authorization": "Bearer wrong"}
+        ).status_code
+        == 403
+    )
+    big = client.post(
+        "/api/v1/migration/pause",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        content=b"x" * (MAX_BODY + 1),
+    )
+    assert big.status_code == 413
+    ok = client.post("/api/v1/migration/pause", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert ok.status_code == 200 and ok.json() == {"run": run_id, "paused": True}
+    again = client.post("/api/v1/migration/pause", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert again.status_code == 409
+    resumed = client.post("/api/v1/migration/resume", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert resumed.status_code == 200
+    bad = client.post(
+        "/api/v1/migration/rollback",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        json={"scope": "everything"},
+    )
+    assert bad.status_code == 422
+    with engine.connect() as conn:
+        audit = conn.execute(
+            sa.text(
+                "SELECT action, source, actor FROM uuidguard.audit WHERE source = 'api' ORDER BY id"
+            )
+        ).all()
+    assert [(a.action, a.source) for a in audit] == [("pause", "api"), ("resume", "api")]
+    assert all(a.actor.startswith("api:") for a in audit)
+    # without a configured token the control endpoints refuse everyone
+    closed = TestClient(create_app(Daemon(settings, [])))
+    assert (
+        closed.post("/api/v1/migration/pause", headers={"Authorization": "Bearer x"}).status_code
+        == 403
+    )
+
+
+def test_rollback_endpoint_rolls_back_in_the_background(settings: Settings) -> None:
+    engine, _ = _prepare(settings, "none")
+    run_id = _create(engine, settings)
+    runner.run_batches(engine, settings, run_id, "w", Pace(size=10, max_size=10), max_batches=4)
+    client = TestClient(create_app(_daemon(settings)))
+    r = client.post(
+        "/api/v1/migration/rollback",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        json={"scope": "last", "last": 2},
+    )
+    assert r.status_code == 202
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with engine.connect() as conn:
+            back = conn.execute(
+                sa.text("SELECT count(*) FROM uuidguard.batches WHERE state = 'rolled_back'")
+            ).scalar_one()
+        if back == 2:
+            break
+        time.sleep(0.1)
+    assert back == 2
+
+
+def test_one_leader_and_failover(settings: Settings) -> None:
+    engine = db.create_engine(settings)
+    a, b = Leader(engine, 4242), Leader(engine, 4242)
+    assert a.heartbeat() is True
+    assert b.heartbeat() is False
+    a.drop()  # the leader's session ends (a killed process, a cut connection)
+    assert b.heartbeat() is True
+    assert a.heartbeat() is False
+    b.release()
+    a.release()
+
+
+def test_an_overrunning_probe_is_cancelled_by_the_server(settings: Settings) -> None:
+    engine = db.create_engine(settings)
+    slow_settings = load_settings(
+        None,
+        database={"dsn": settings.database.dsn.get_secret_value()},  # type: ignore[union-attr]
+        probes={"timeout": "1s"},
+    )
+
+    def sleepy(conn: Connection, s: Settings, ctx: ProbeContext) -> ProbeOutput:
+        conn.execute(sa.text("SELECT pg_sleep(30)"))
+        return ProbeOutput()
+
+    spec = ProbeSpec("sleepy", timedelta(seconds=60), "sampled", "sleeps", sleepy)
+    started = time.monotonic()
+    with pytest.raises(sa.exc.OperationalError) as caught:
+        run_probe(engine, slow_settings, spec, ProbeContext())
+    assert isinstance(caught.value.orig, psycopg.errors.QueryCanceled)
+    assert time.monotonic() - started < 10
+    time.sleep(1.0)
+    with engine.connect() as conn:
+        left = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'uuidguard-probe:sleepy'"
+                " AND state <> 'idle'"
+            )
+        ).scalar_one()
+    assert left == 0
+    # the daemon counts it as a timeout and backs off
+    d = Daemon(slow_settings, [spec])
+    d.leader.is_leader = True
+    d.scheduler.start(paused=True)
+    d.scheduler.add_job(lambda: None, id="probe:sleepy")
+    d._run(spec)
+    rec = next(r for r in d.store.snapshot() if r.spec.name == "sleepy")
+    assert rec.runs["timeout"] == 1 and rec.failures_in_a_row == 1
+    d.scheduler.shutdown(wait=False)
+    d.engine.dispose()
+
+
+def test_migration_probe_without_any_run(settings: Settings) -> None:
+    engine, _ = _prepare(settings, "none")
+    spec = migration_probe.spec(settings)
+    out, _ = run_probe(engine, settings, spec, ProbeContext())
+    assert ("migration_state", 1.0, (("state", "none"),)) in [
+        (s.metric, s.value, s.labels) for s in out.samples
+    ]
