@@ -599,6 +599,12 @@ def run_batches(
             pace.observe(result.documents + result.skipped, result.seconds)
             if on_batch is not None:
                 on_batch(result)
+            rest = settings.migrate.pause_between.total_seconds()
+            if rest:
+                if stop is not None:
+                    stop.wait(rest)
+                else:
+                    time.sleep(rest)
         with conn.begin():
             if _pending(conn, settings, run_id, autocommit=False) == 0:
                 runs.set_state(

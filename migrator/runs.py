@@ -239,6 +239,20 @@ def set_options(
 RATE_WINDOW_BATCHES = 50
 
 
+def _eta(settings: Settings, pending: int, rate: float | None, recent: Any) -> float | None:
+    """Remaining documents at the recent rate, plus the configured rest between the batches
+    still to come (migrate.pause_between), which the rate leaves out."""
+    if not rate:
+        return None
+    eta = pending / rate
+    rest = settings.migrate.pause_between.total_seconds()
+    if rest and recent:
+        per_batch = sum(r[2] for r in recent) / len(recent)
+        if per_batch > 0:
+            eta += rest * pending / per_batch
+    return eta
+
+
 def status(conn: Connection, settings: Settings, run_id: int | None) -> dict[str, Any]:
     """A run's state, progress by document state, and its batches' timings."""
     run = resolve(conn, settings, run_id)
@@ -294,7 +308,7 @@ def status(conn: Connection, settings: Settings, run_id: int | None) -> dict[str
             "max_seconds": b[5],
         },
         "documents_per_second": rate,
-        "eta_seconds": pending / rate if rate else None,
+        "eta_seconds": _eta(settings, pending, rate, recent),
         **_waits(conn, settings, run),
     }
 

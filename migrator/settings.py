@@ -235,6 +235,9 @@ class MigrateSettings(_Section):
     #: a worker that stops talking mid-batch loses its claim after this long: PostgreSQL ends
     #: the idle transaction, rolls the batch back, and another worker takes the documents
     lease: Duration = timedelta(minutes=2)
+    #: rest after every batch (pt-online-schema-change's --sleep): room for replicas, vacuum
+    #: and the application; the demo uses it to make a small run last a minute
+    pause_between: Duration = timedelta(0)
 
 
 class BackupSettings(_Section):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import UTC, datetime
 
@@ -431,3 +432,23 @@ def test_status_mid_run_gives_a_rate_and_an_eta(settings: Settings) -> None:
         st["documents"]["pending"] / st["documents_per_second"]
     )
     assert 0 < st["percent"] < 100
+
+
+def test_pause_between_batches_rests_and_counts_in_the_eta(settings: Settings) -> None:
+    """migrate.pause_between sleeps after each batch; the ETA adds the rests still to come."""
+    engine, _ = _prepare(settings, "none")
+    assert settings.database.dsn is not None
+    rested = load_settings(
+        None,
+        database={"dsn": settings.database.dsn.get_secret_value()},
+        migrate={"pause_between": "0.3s"},
+    )
+    run_id = _create(engine, rested)
+    started = time.monotonic()
+    runner.run_batches(engine, rested, run_id, "w", Pace(size=10, max_size=10), max_batches=3)
+    assert time.monotonic() - started >= 0.9
+    with engine.connect() as conn:
+        plain = runs.status(conn, settings, run_id)
+        with_rest = runs.status(conn, rested, run_id)
+    batches_left = plain["documents"]["pending"] / 10
+    assert with_rest["eta_seconds"] == pytest.approx(plain["eta_seconds"] + 0.3 * batches_left)
