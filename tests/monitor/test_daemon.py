@@ -197,3 +197,52 @@ def test_migration_probe_without_any_run(settings: Settings) -> None:
     assert ("migration_state", 1.0, (("state", "none"),)) in [
         (s.metric, s.value, s.labels) for s in out.samples
     ]
+
+
+def test_every_probe_once_gives_a_promtool_clean_documented_exposition(
+    settings: Settings,
+) -> None:
+    """All probes on seeded data, then one scrape: promtool finds nothing, every family is in
+    the catalog (so docs/metrics.md describes it), and docs/metrics.md is what the code says."""
+    from pathlib import Path
+
+    from monitor import metrics, probes
+
+    engine, _ = _prepare(settings, "none")
+    run_id = _create(engine, settings)
+    runner.run_batches(engine, settings, run_id, "w", Pace(size=10, max_size=10), max_batches=2)
+    d = Daemon(settings, probes.probe_specs(settings))
+    d.leader.is_leader = True
+    for spec in d.specs:
+        d._run(spec)
+    failing = {r.spec.name: r.last_error for r in d.store.snapshot() if r.last_error}
+    assert failing == {}
+    body = TestClient(create_app(d)).get("/metrics").text
+    check = subprocess.run(
+        [shutil.which("promtool") or "promtool", "check", "metrics"],
+        input=body,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert check.returncode == 0 and not (check.stdout + check.stderr).strip(), (
+        check.stdout + check.stderr
+    )
+    cat = metrics.catalog([(s.name, s.description, s.metrics) for s in d.specs])
+    families = {
+        line.split()[2].removeprefix("uuidguard_")
+        for line in body.splitlines()
+        if line.startswith("# TYPE ")
+    }
+    exported = {
+        f if f in cat else f"{f}_total" if f"{f}_total" in cat else f"{f}_info" for f in families
+    }
+    assert exported - {"build_info"} <= set(cat), exported - set(cat)
+    assert "rag_accessibility_ratio" in families and "documents_by_class" in families
+    assert "user" not in {lbl for doc in cat.values() for lbl in doc.labels}
+    doc = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
+    specs = [(s.name, s.budget, s.description, s.metrics) for s in d.specs]
+    assert doc.read_text() == metrics.markdown(specs), (
+        "run `uuidguard metrics-doc --out docs/metrics.md`"
+    )
+    d.engine.dispose()
