@@ -181,6 +181,20 @@ def metadata(schema: str) -> sa.MetaData:
         sa.Column("seconds", sa.Float),
     )
     sa.Table(
+        "alert_events",
+        md,
+        sa.Column("id", sa.BigInteger, primary_key=True),
+        sa.Column("received_at", ts),
+        sa.Column("group_key", sa.Text),
+        sa.Column("fingerprint", sa.Text),
+        sa.Column("alertname", sa.Text),
+        sa.Column("status", sa.Text),
+        sa.Column("starts_at", ts),
+        sa.Column("run_id", sa.BigInteger),
+        sa.Column("decision", sa.Text),
+        sa.Column("detail", pg.JSONB),
+    )
+    sa.Table(
         "audit",
         md,
         sa.Column("id", sa.BigInteger, primary_key=True),

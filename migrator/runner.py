@@ -679,6 +679,7 @@ def rollback(
     force: bool = False,
     actor: str | None = None,
     source: str = "cli",
+    reason: str = "rollback requested",
 ) -> int:
     """Roll back the last K batches, the batches since a time, or the whole run; newest first.
     `source` says where the command came from in the audit log (cli, api, slack, alert)."""
@@ -702,7 +703,7 @@ def rollback(
                 target,
                 actor,
                 "rollback",
-                reason="rollback requested",
+                reason=reason,
                 source=source,
                 allowed_from=(
                     "planned",

@@ -518,6 +518,34 @@ class ServeSettings(_Section):
     leader_lock_key: int = 0x75756964
 
 
+class PolicySettings(_Section):
+    """What alerts may do to a running migration (DESIGN §4, auto-rollback policy).
+
+    An alert acts through its labels: `uuidguard_action` = pause | rollback, and for a
+    rollback `uuidguard_scope` = last_batch | recent | run. Alerts about missing or failing
+    data (label `uuidguard_inconclusive="true"`, or named in `inconclusive`) are never allowed
+    to roll back: they notify, and pause at most.
+    """
+
+    #: decide and audit, but change nothing
+    dry_run: bool = False
+    action_label: str = "uuidguard_action"
+    scope_label: str = "uuidguard_scope"
+    inconclusive_label: str = "uuidguard_inconclusive"
+    inconclusive: list[str] = Field(default_factory=list)
+    #: firing rollback alerts tolerated on a run before one rolls back (Argo's failureLimit);
+    #: the tolerated ones pause
+    failure_limit: int = Field(0, ge=0, le=100)
+    #: scope `recent`: the batches committed in this window before the alert started
+    recent_window: Duration = timedelta(minutes=10)
+    #: after an automatic action, further alerts within this time only notify
+    debounce: Duration = timedelta(seconds=30)
+    #: after each batch the daemon checks its documents with the structural canary; a
+    #: document the canary finds invisible pauses the run and rolls that batch back at once
+    batch_canary: bool = True
+    batch_canary_documents: int = Field(10, ge=1, le=1000)
+
+
 class Settings(BaseSettings):
     """Everything uuidguard reads at start; passed down, never read from globals."""
 
@@ -540,6 +568,7 @@ class Settings(BaseSettings):
     monitoring: MonitoringSettings = MonitoringSettings()
     probes: ProbeSettings = ProbeSettings()
     serve: ServeSettings = ServeSettings()
+    policy: PolicySettings = PolicySettings()
     journal_schema: Identifier = "uuidguard"
 
     @model_validator(mode="after")

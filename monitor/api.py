@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from migrator import db, runner, runs
 from migrator.errors import UuidguardError
+from monitor import policy
 from monitor.daemon import Daemon
 from monitor.metrics import registry
 
@@ -101,7 +102,10 @@ def create_app(daemon: Daemon) -> Starlette:
     async def status(_: Request) -> Response:
         return Response(json.dumps(daemon.status(), default=str), media_type="application/json")
 
-    def authorized(request: Request) -> Response | None:
+    def authorized(
+        request: Request, secret: SecretStr | None, key: str = "serve.api_token"
+    ) -> Response | None:
+        """401 without a bearer token, 403 with a wrong one or when `key` is not configured."""
         header = request.headers.get("authorization", "")
         if not header.lower().startswith("bearer "):
             return JSONResponse(
@@ -109,20 +113,36 @@ def create_app(daemon: Daemon) -> Starlette:
                 status_code=401,
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        if token is None:
-            return JSONResponse(
-                {"error": "control endpoints are disabled: set serve.api_token"}, status_code=403
-            )
+        if secret is None:
+            return JSONResponse({"error": f"this endpoint is disabled: set {key}"}, status_code=403)
         given = header[7:].strip().encode()
-        if not hmac.compare_digest(given, token.get_secret_value().encode()):
+        if not hmac.compare_digest(given, secret.get_secret_value().encode()):
             return JSONResponse({"error": "wrong token"}, status_code=403)
         return None
+
+    async def alertmanager(request: Request) -> Response:
+        """Alertmanager's webhook (payload version 4): the policy decides, idempotently."""
+        refused = authorized(request, settings.serve.webhook_token, "serve.webhook_token")
+        if refused is not None:
+            return refused
+        raw = await request.body()
+        try:
+            note = policy.Notification.model_validate_json(raw)
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            where = ".".join(str(x) for x in first["loc"])
+            return JSONResponse(
+                {"error": f"not an Alertmanager v4 payload: {where}: {first['msg']}"},
+                status_code=422,
+            )
+        decisions = await run_in_threadpool(policy.handle, daemon.engine, settings, note)
+        return JSONResponse({"decisions": decisions})
 
     def control(
         action: Callable[[Request, int, str, dict[str, Any]], Awaitable[Response]],
     ) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
-            refused = authorized(request)
+            refused = authorized(request, token)
             if refused is not None:
                 return refused
             raw = await request.body()
@@ -188,6 +208,7 @@ def create_app(daemon: Daemon) -> Starlette:
         Route("/api/v1/migration/pause", control(pause), methods=["POST"]),
         Route("/api/v1/migration/resume", control(resume), methods=["POST"]),
         Route("/api/v1/migration/rollback", control(rollback), methods=["POST"]),
+        Route("/hooks/alertmanager", alertmanager, methods=["POST"]),
     ]
     return Starlette(routes=routes, middleware=[Middleware(BodyLimit)])
 

@@ -43,6 +43,9 @@ def demo(
     ] = 10_000,
     reseed: Annotated[bool, typer.Option(help="Seed afresh even if the demo data exists.")] = False,
     port: Annotated[int, typer.Option(min=1, max=65535, help="The daemon's port.")] = 9477,
+    run_seconds: Annotated[
+        float, typer.Option(min=1, max=3600, help="About how long the migration should take.")
+    ] = DEMO_RUN_SECONDS,
     serve: Annotated[
         bool, typer.Option(help="Run the daemon after the setup (--no-serve: set up and exit).")
     ] = True,
@@ -110,13 +113,13 @@ def demo(
     total = int(run["documents"])
     # spread the run over about a minute so that it can be watched
     batches = max(1, total // DEMO_BATCH)
-    rest = max(0.0, DEMO_RUN_SECONDS / batches - 0.05)
+    rest = max(0.0, run_seconds / batches - 0.05)
     s = settings_mod.load_settings(
         config, **{**overrides, "migrate": {**overrides["migrate"], "pause_between": rest}}
     )
     out.print(
         f"run {active}: {total:,} documents to re-key in batches of {DEMO_BATCH},"
-        f" about {duration(DEMO_RUN_SECONDS)} (setup took {time.monotonic() - started:.0f} s)"
+        f" about {duration(run_seconds)} (setup took {time.monotonic() - started:.0f} s)"
     )
     if not serve:
         out.print(f"set up; `uuidguard serve --port {port}` runs the daemon")

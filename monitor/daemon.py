@@ -11,6 +11,7 @@ away fails probes, not the daemon.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -222,6 +223,7 @@ class Daemon:
                     active,
                     self.worker,
                     pace,
+                    on_batch=functools.partial(self._after_batch, active),
                     actor="daemon",
                     joining=True,
                     stop=self.stop,
@@ -230,6 +232,49 @@ class Daemon:
                 log.warning("migration: %s", str(getattr(exc, "orig", exc)).splitlines()[0])
             except Exception:
                 log.exception("migration worker")
+
+    def _after_batch(self, run_id: int, result: Any) -> None:
+        """The structural canary on the batch's documents, at once: documents retrieval found
+        before and cannot find now pause the run and roll this batch back, without waiting
+        for Prometheus and Alertmanager (settings.policy.batch_canary)."""
+        from migrator import runner, runs
+        from monitor import policy
+
+        if not self.settings.policy.batch_canary:
+            return
+        with self.engine.connect() as conn, conn.begin():
+            lost = policy.batch_canary(conn, self.settings, result.batch_id)
+        self.store.batch_canaries += 1
+        if not lost:
+            return
+        self.store.batch_canary_failures += 1
+        reason = (
+            f"the canary after batch {result.batch_id} cannot find {len(lost)} of its"
+            " documents; that batch was rolled back"
+        )
+        log.error("run %s: %s", run_id, reason)
+        with self.engine.connect() as conn, conn.begin():
+            runs.set_state(
+                conn,
+                self.settings,
+                run_id,
+                "paused",
+                "daemon",
+                "pause",
+                reason=reason,
+                source="daemon",
+                allowed_from=("running",),
+            )
+        if not self.settings.policy.dry_run:
+            runner.rollback(
+                self.engine,
+                self.settings,
+                run_id,
+                last=1,
+                actor="batch canary",
+                source="daemon",
+                reason=reason,
+            )
 
     def status(self) -> dict[str, Any]:
         migration = next(

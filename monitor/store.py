@@ -77,6 +77,9 @@ class Store:
         self.db_seconds = 0.0
         self.leader = False
         self.started_at = time.time()
+        #: the daemon's own canary right after each batch it ran, and how many found a loss
+        self.batch_canaries = 0
+        self.batch_canary_failures = 0
 
     def success(self, name: str, output: ProbeOutput, seconds: float) -> None:
         now = time.time()

@@ -193,18 +193,20 @@ def test_seed_twice_needs_replace(seeded: tuple[str, dict]) -> None:
 
 
 def test_demo_on_the_embedded_server_then_stop(tmp_path: Path) -> None:
-    """`demo` starts the embedded server, seeds and assesses; later commands reuse it; `db stop` ends it."""
+    """`demo` starts the embedded server, seeds, assesses, plans and starts a run; later
+    commands reuse it; `db stop` ends it. (The daemon part: test_demo_serves_a_run_to_the_end.)"""
     env = {"UUIDGUARD_DATABASE__STATE_DIR": str(tmp_path / "state")}
     try:
-        proc = run("demo", "--documents", "300", env=env, cwd=tmp_path)
+        proc = run("demo", "--documents", "300", "--no-serve", env=env, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
-        assert "# UUID damage assessment" in proc.stdout or "UUID damage assessment" in proc.stdout
         assert "documents: 300" in proc.stdout
+        assert "carry a random id" in proc.stdout and "plan: option" in proc.stdout
+        assert "documents to re-key" in proc.stdout
         status = run("db", "status", env=env, cwd=tmp_path)
         assert status.returncode == 0 and "running" in status.stdout
         again = run("assess", "--format", "json", env=env, cwd=tmp_path)
         assert json.loads(again.stdout)["documents"]["total"] == 300
-        reuse = run("demo", env=env, cwd=tmp_path)
+        reuse = run("demo", "--no-serve", env=env, cwd=tmp_path)
         assert "reusing the seeded demo data" in reuse.stderr
     finally:
         stop = run("db", "stop", env=env, cwd=tmp_path)
@@ -238,3 +240,60 @@ def test_migrate_from_the_command_line(seeded: tuple[str, dict]) -> None:
     assert after["documents"]["by_class"] == manifest["documents"]["by_class"]
     assert after["chunks"]["by_class"] == manifest["chunks"]["by_class"]
     assert run("migrate", "status", "999", "--dsn", url).returncode == 2
+
+
+def test_demo_serves_a_run_to_the_end(tmp_path: Path) -> None:
+    """`uuidguard demo` as `make demo` runs it: the daemon serves, heals the run, exits 0 on
+    SIGTERM."""
+    import signal
+    import time
+
+    import httpx
+
+    from tests.stack import free_port, wait_until
+
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("UUIDGUARD_")},
+        "UUIDGUARD_DATABASE__STATE_DIR": str(tmp_path / "state"),
+    }
+    proc = subprocess.Popen(
+        [EXE, "demo", "--documents", "400", "--port", str(port), "--run-seconds", "4"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def status() -> dict:
+        try:
+            return httpx.get(f"{base}/api/v1/status", timeout=2).json()
+        except (httpx.HTTPError, ValueError):
+            return {}
+
+    try:
+        wait_until("the demo's daemon", lambda: bool(status()), 120)
+        wait_until(
+            "the demo's run to complete",
+            lambda: (status().get("migration") or {}).get("state") == "completed",
+            120,
+        )
+        metrics = httpx.get(f"{base}/metrics", timeout=5).text
+        assert 'uuidguard_migration_state{state="completed"} 1.0' in metrics
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert "Bearer" in out and "/metrics" in out and "uuidguard stopped" in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        run(
+            "db",
+            "stop",
+            env={"UUIDGUARD_DATABASE__STATE_DIR": str(tmp_path / "state")},
+            cwd=tmp_path,
+        )
