@@ -195,6 +195,15 @@ def metadata(schema: str) -> sa.MetaData:
         sa.Column("detail", pg.JSONB),
     )
     sa.Table(
+        "slack_messages",
+        md,
+        sa.Column("group_key", sa.Text, primary_key=True),
+        sa.Column("channel", sa.Text),
+        sa.Column("ts", sa.Text),
+        sa.Column("status", sa.Text),
+        sa.Column("updated_at", ts),
+    )
+    sa.Table(
         "audit",
         md,
         sa.Column("id", sa.BigInteger, primary_key=True),

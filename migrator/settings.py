@@ -412,6 +412,17 @@ class MonitoringSettings(_Section):
     daemon_url: str = "http://127.0.0.1:9477/metrics"
     slack_token: SecretStr | None = None
     slack_base_url: str = "https://slack.com/api/"
+    #: where alert messages go
+    slack_channel: str = "#uuidguard"
+    #: verifies /slack/interactions (Slack's request signature); unset: the endpoint refuses
+    slack_signing_secret: SecretStr | None = None
+    #: who may press the buttons: Slack user ids, and user group ids whose members may
+    slack_allowed_users: list[str] = Field(default_factory=list)
+    slack_allowed_groups: list[str] = Field(default_factory=list)
+    #: Socket Mode (no public endpoint needed): an app-level token xapp-…
+    slack_app_token: SecretStr | None = None
+    #: Slack allows about one message per second per channel
+    slack_min_interval: Duration = timedelta(seconds=1)
 
 
 CANARY_MODES = ("structural", "vector_self", "http")

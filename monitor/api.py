@@ -136,7 +136,19 @@ def create_app(daemon: Daemon) -> Starlette:
                 status_code=422,
             )
         decisions = await run_in_threadpool(policy.handle, daemon.engine, settings, note)
+        # the message goes out from Slack's own thread: a slow Slack never delays this answer
+        daemon.slack.alert_group(note, decisions)
         return JSONResponse({"decisions": decisions})
+
+    async def slack_interactions(request: Request) -> Response:
+        body = await request.body()
+        status, answer = await run_in_threadpool(
+            daemon.slack.interaction,
+            body,
+            request.headers.get("x-slack-request-timestamp"),
+            request.headers.get("x-slack-signature"),
+        )
+        return JSONResponse(answer, status_code=status)
 
     def control(
         action: Callable[[Request, int, str, dict[str, Any]], Awaitable[Response]],
@@ -209,6 +221,7 @@ def create_app(daemon: Daemon) -> Starlette:
         Route("/api/v1/migration/resume", control(resume), methods=["POST"]),
         Route("/api/v1/migration/rollback", control(rollback), methods=["POST"]),
         Route("/hooks/alertmanager", alertmanager, methods=["POST"]),
+        Route("/slack/interactions", slack_interactions, methods=["POST"]),
     ]
     return Starlette(routes=routes, middleware=[Middleware(BodyLimit)])
 

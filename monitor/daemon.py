@@ -108,6 +108,10 @@ class Daemon:
         self.journal_ok = False
         #: the latest error of a background action (a rollback from the API), for /api/v1/status
         self.last_error: str | None = None
+        from monitor.slack import Slack
+
+        self.slack = Slack(settings, self.engine)
+        self._socket_mode: Any = None
         self._migration: threading.Thread | None = None
 
     # -- life cycle -----------------------------------------------------------------------------
@@ -127,6 +131,11 @@ class Daemon:
                 next_run_time=now,
             )
         self.scheduler.start()
+        self.slack.start()
+        try:
+            self._socket_mode = self.slack.socket_mode()
+        except Exception:  # Slack unreachable must not keep the daemon from starting
+            log.exception("slack socket mode")
         if self.settings.serve.run_migrations:
             self._migration = threading.Thread(
                 target=self._migrate, name="uuidguard-migration", daemon=True
@@ -140,6 +149,9 @@ class Daemon:
         if self._migration is not None:
             self._migration.join(timeout=60)
         self.leader.release()
+        if self._socket_mode is not None:
+            self._socket_mode.close()
+        self.slack.stop()
         self.engine.dispose()
 
     @property

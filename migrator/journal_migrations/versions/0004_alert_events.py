@@ -1,4 +1,4 @@
-"""Alert notifications the daemon received, for idempotence and the audit trail.
+"""Alert notifications the daemon received, and the Slack message of each alert group.
 
 Alertmanager repeats itself (repeat_interval, HA pairs, retries): one row per alert
 fingerprint, start time and status makes the tenth delivery of the same payload a no-op.
@@ -44,6 +44,24 @@ def upgrade() -> None:
         schema=schema,
     )
 
+    # one Slack message per alert group, updated in place; actions go to its thread
+    op.create_table(
+        "slack_messages",
+        sa.Column("group_key", sa.Text, primary_key=True),
+        sa.Column("channel", sa.Text, nullable=False),
+        sa.Column("ts", sa.Text, nullable=False),
+        sa.Column("status", sa.Text, nullable=False),
+        sa.Column(
+            "updated_at",
+            sa.DateTime(timezone=True),
+            nullable=False,
+            server_default=sa.text("now()"),
+        ),
+        schema=schema,
+    )
+
 
 def downgrade() -> None:
-    op.drop_table("alert_events", schema=context.config.attributes["schema"])
+    schema = context.config.attributes["schema"]
+    op.drop_table("slack_messages", schema=schema)
+    op.drop_table("alert_events", schema=schema)
