@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import json
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
@@ -82,8 +83,15 @@ def create_app(daemon: Daemon) -> Starlette:
     settings = daemon.settings
     token = settings.serve.api_token
 
+    rendered: dict[str, Any] = {"key": None, "body": b""}
+
     async def metrics(_: Request) -> Response:
-        return Response(generate_latest(reg), media_type=CONTENT_TYPE_LATEST)
+        # rendered again only when a probe reported or a second passed (freshness is a
+        # matter of time): fifty scrapers in a row cost one rendering, not fifty
+        key = (daemon.store.version, daemon.store.leader, int(time.time()))
+        if rendered["key"] != key:
+            rendered["body"], rendered["key"] = generate_latest(reg), key
+        return Response(rendered["body"], media_type=CONTENT_TYPE_LATEST)
 
     async def healthz(_: Request) -> Response:
         return JSONResponse({"ok": True})

@@ -80,6 +80,8 @@ class Store:
         #: the daemon's own canary right after each batch it ran, and how many found a loss
         self.batch_canaries = 0
         self.batch_canary_failures = 0
+        #: bumped on every change, so /metrics can reuse its rendering until the next one
+        self.version = 0
 
     def success(self, name: str, output: ProbeOutput, seconds: float) -> None:
         now = time.time()
@@ -92,6 +94,7 @@ class Store:
             r.failures_in_a_row = 0
             r.last_error = None
             self.db_seconds += seconds
+            self.version += 1
 
     def failure(self, name: str, result: str, error: str, seconds: float) -> int:
         """Record an error or timeout; returns the failures in a row (for the backoff)."""
@@ -103,11 +106,13 @@ class Store:
             r.failures_in_a_row += 1
             r.last_error = error
             self.db_seconds += seconds
+            self.version += 1
             return r.failures_in_a_row
 
     def add_db_seconds(self, seconds: float) -> None:
         with self._lock:
             self.db_seconds += seconds
+            self.version += 1
 
     def snapshot(self) -> list[ProbeRecord]:
         """Copies, so readers never see a record change under them."""

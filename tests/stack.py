@@ -99,15 +99,24 @@ def _process(
 
 @contextmanager
 def prometheus(
-    tmp: Path, targets: list[str], rule_files: list[Path] | None = None
+    tmp: Path,
+    targets: list[str],
+    rule_files: list[Path] | None = None,
+    alertmanager_url: str | None = None,
 ) -> Iterator[str]:
-    """Prometheus scraping `targets` (host:port) every second; yields its URL."""
+    """Prometheus scraping `targets` (host:port) every second, evaluating `rule_files` every
+    second and sending alerts to `alertmanager_url`; yields its URL."""
     tmp.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = tmp / "prometheus.yml"
     rules = "".join(f"  - {p}\n" for p in rule_files or [])
+    alerting = ""
+    if alertmanager_url is not None:
+        host = alertmanager_url.removeprefix("http://")
+        alerting = f"alerting:\n  alertmanagers:\n    - static_configs: [{{targets: ['{host}']}}]\n"
     config.write_text(
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        + alerting
         + (f"rule_files:\n{rules}" if rules else "")
         + "scrape_configs:\n"
         "  - job_name: uuidguard\n"
