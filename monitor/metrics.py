@@ -56,6 +56,12 @@ DAEMON_METRICS: dict[str, MetricDoc] = {
     "probe_up": MetricDoc(
         "gauge", "1 when the probe's latest value is fresh (under three intervals old)", ("probe",)
     ),
+    "batch_canary_runs_total": MetricDoc(
+        "counter",
+        "Structural canaries the daemon ran right after its own batches, by result: ok, or"
+        " lost (documents it could not find: the batch was rolled back and the run paused)",
+        ("result",),
+    ),
 }
 
 
@@ -264,6 +270,15 @@ class StoreCollector(Collector):
                 for s in r.output.samples:
                     values[s.metric].append((s.labels, s.value))
         yield from (runs, hist, last, up)
+        canaries = CounterMetricFamily(
+            PREFIX + "batch_canary_runs",
+            DAEMON_METRICS["batch_canary_runs_total"].help,
+            labels=["result"],
+        )
+        lost = self.store.batch_canary_failures
+        canaries.add_metric(["ok"], float(self.store.batch_canaries - lost))
+        canaries.add_metric(["lost"], float(lost))
+        yield canaries
         yield from _probe_families(values)
 
 
