@@ -96,6 +96,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from migrator import dataset, db, journal, runs, seed, textvec
 from migrator import settings as settings_mod
@@ -348,7 +349,7 @@ class Scrapers:
 
 
 @contextlib.contextmanager
-def serving(app: Starlette, name: str) -> Iterator[str]:
+def serving(app: ASGIApp, name: str) -> Iterator[str]:
     """`app` served by uvicorn (as `uuidguard serve` configures it) on a free local port."""
     # IPPROTO_TCP given, as getaddrinfo gives it when uvicorn binds host and port itself:
     # asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and without it every

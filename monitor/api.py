@@ -78,20 +78,24 @@ class _TooLarge(Exception):
     pass
 
 
-def create_app(daemon: Daemon) -> Starlette:
+def create_app(daemon: Daemon) -> ASGIApp:
     reg = registry(daemon.store, VERSION)
     settings = daemon.settings
     token = settings.serve.api_token
 
     rendered: dict[str, Any] = {"key": None, "body": b""}
 
-    async def metrics(_: Request) -> Response:
+    def exposition() -> bytes:
         # rendered again only when a probe reported or a second passed (freshness is a
         # matter of time): fifty scrapers in a row cost one rendering, not fifty
         key = (daemon.store.version, daemon.store.leader, int(time.time()))
         if rendered["key"] != key:
             rendered["body"], rendered["key"] = generate_latest(reg), key
-        return Response(rendered["body"], media_type=CONTENT_TYPE_LATEST)
+        body: bytes = rendered["body"]
+        return body
+
+    async def metrics(_: Request) -> Response:
+        return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
 
     async def healthz(_: Request) -> Response:
         return JSONResponse({"ok": True})
@@ -231,7 +235,26 @@ def create_app(daemon: Daemon) -> Starlette:
         Route("/hooks/alertmanager", alertmanager, methods=["POST"]),
         Route("/slack/interactions", slack_interactions, methods=["POST"]),
     ]
-    return Starlette(routes=routes, middleware=[Middleware(BodyLimit)])
+    app = Starlette(routes=routes, middleware=[Middleware(BodyLimit)])
+    headers = [(b"content-type", CONTENT_TYPE_LATEST.encode())]
+
+    async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
+        """GET /metrics straight from the cache, past routing and middleware: a scrape is
+        two ASGI messages (what lets fifty scrapers at once stay in the milliseconds)."""
+        if scope["type"] == "http" and scope["path"] == "/metrics" and scope["method"] == "GET":
+            body = exposition()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [*headers, (b"content-length", str(len(body)).encode())],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
+        await app(scope, receive, send)
+
+    return asgi
 
 
 def _active_or_latest(daemon: Daemon) -> int:
