@@ -540,6 +540,9 @@ class PolicySettings(_Section):
 
     #: decide and audit, but change nothing
     dry_run: bool = False
+    #: alerts allowed to act besides the ones uuidguard ships (alerts/uuidguard.rules.yml);
+    #: an unknown alert carrying an action label is refused and audited
+    extra_alerts: list[str] = Field(default_factory=list)
     action_label: str = "uuidguard_action"
     scope_label: str = "uuidguard_scope"
     inconclusive_label: str = "uuidguard_inconclusive"

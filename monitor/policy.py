@@ -33,6 +33,29 @@ from migrator.errors import UuidguardError
 from migrator.settings import Settings
 
 log = logging.getLogger("uuidguard.policy")
+#: the alerts of alerts/uuidguard.rules.yml (tests/test_alerts.py keeps this list equal to it);
+#: only these, and settings.policy.extra_alerts, may act on a run
+SHIPPED_ALERTS = frozenset(
+    {
+        "UuidguardCanaryErrors",
+        "UuidguardDaemonDown",
+        "UuidguardDaemonReplicaDown",
+        "UuidguardDatabaseLatencyHigh",
+        "UuidguardIntegrityViolations",
+        "UuidguardIntegrityViolationsRising",
+        "UuidguardMigrationBatchesSlow",
+        "UuidguardMigrationFailed",
+        "UuidguardMigrationLockWaitsHigh",
+        "UuidguardMigrationStalled",
+        "UuidguardNewUploadsNonconforming",
+        "UuidguardPipelineNewOrphans",
+        "UuidguardProbeFailing",
+        "UuidguardProbeStale",
+        "UuidguardRagAccessibilityDropped",
+        "UuidguardRagAccessibilityLow",
+        "UuidguardRagPinnedDocumentsInvisible",
+    }
+)
 ACTIVE_STATES = ("running", "paused")
 
 
@@ -142,6 +165,17 @@ def _decide(
         action = alert.labels.get(p.action_label, "")
         if action not in ("pause", "rollback"):
             return done("notify"), {}, None
+        if name not in SHIPPED_ALERTS and name not in p.extra_alerts:
+            journal.audit(
+                conn,
+                settings.journal_schema,
+                "refused",
+                active,
+                {"alert": name, "asked": action, "why": "unknown alert"},
+                name,
+                "alert",
+            )
+            return done("unknown_alert"), {}, None
         if active is None or state not in ACTIVE_STATES:
             return done("no_active_run"), {}, None
         detail: dict[str, Any] = {"run": active}

@@ -477,3 +477,10 @@ def test_notifications_reach_the_daemon_or_slack_once(
     assert f"summary of {notifying['alertname']}" in texts[title]
     assert RUNBOOK_URL.format(notifying["alertname"]) in texts[title]
     assert links[title] == RUNBOOK_URL.format(notifying["alertname"])
+
+
+def test_the_policy_knows_every_shipped_alert(alerts: list[dict[str, Any]]) -> None:
+    """monitor/policy.py lets only the shipped alerts act: its list is the rule file's."""
+    from monitor.policy import SHIPPED_ALERTS
+
+    assert {a["name"] for a in alerts} == set(SHIPPED_ALERTS)

@@ -130,6 +130,16 @@ def test_ten_replays_act_once_and_security(settings: Settings) -> None:
         ]
         == "notify"
     )
+    # an alert uuidguard does not ship, asking to act: refused and audited, nothing done
+    odd = _post(client, _payload("SomebodysAlert", fingerprint="f10", uuidguard_action="rollback"))
+    assert odd.status_code == 200 and odd.json()["decisions"][0]["decision"] == "unknown_alert"
+    with engine.connect() as conn:
+        refused = (
+            conn.execute(sa.text("SELECT actor FROM uuidguard.audit WHERE action = 'refused'"))
+            .scalars()
+            .all()
+        )
+    assert refused == ["SomebodysAlert"]
 
 
 def test_inconclusive_never_rolls_back_and_scopes_roll_back(settings: Settings) -> None:
