@@ -74,9 +74,12 @@ from benchlib import (
     ROOT,
     BenchmarkError,
     database,
+    interrupted,
     log,
     machine,
+    percentile,
     server,
+    verdict,
     write_section,
 )
 from psycopg import sql
@@ -120,17 +123,6 @@ LABELS = {
 
 class TimeBox(Exception):
     """Raised from the batch callback once uuidguard's time box is spent."""
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """The q-th percentile (0-100), linear between the closest ranks; None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100
-    lo = int(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
 # --- the concurrent clients ---------------------------------------------------------------------
@@ -1059,10 +1051,6 @@ def _msf(value: float) -> str:
     return f"{value:,.1f}" if value >= 1 else f"{value:.3f}"
 
 
-def _verdict(ok: bool) -> str:
-    return "met" if ok else "**not met**"
-
-
 def render(
     tmpl: Template,
     results: dict[str, WayResult],
@@ -1287,7 +1275,7 @@ def targets(results: dict[str, WayResult], tmpl: Template) -> list[str]:
     else:
         rows.append((plan_target, "not measured: the run was time-boxed before its end", False))
     lines = ["| target | measured | verdict |", "|---|---|---|"]
-    lines += [f"| {t} | {m} | {_verdict(ok)} |" for t, m, ok in rows]
+    lines += [f"| {t} | {m} | {verdict(ok)} |" for t, m, ok in rows]
     met = [t for t, _, ok in rows if ok]
     missed = [t for t, _, ok in rows if not ok]
     lines += [
@@ -1531,17 +1519,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return opts
 
 
-def _interrupted(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     opts = parse_args(args)
     # stopped by a signal, still drop the databases and stop the server on the way out (a
     # shell starts a background job with SIGINT ignored, hence both handlers)
-    signal.signal(signal.SIGTERM, _interrupted)
-    signal.signal(signal.SIGINT, _interrupted)
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, interrupted)
     command = shlex.join([".venv/bin/python", "benchmarks/migrate.py", *args])
     started = time.perf_counter()
     results: dict[str, WayResult] = {}

@@ -74,7 +74,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import httpx
@@ -86,9 +85,12 @@ from benchlib import (
     ROOT,
     BenchmarkError,
     database,
+    interrupted,
     log,
     machine,
+    percentile,
     server,
+    verdict,
     write_section,
 )
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -136,17 +138,6 @@ SCRAPE_TIMEOUT = 120.0
 RENDERS = 200
 #: the longest wait for the scraper process's answer to one task
 TASK_TIMEOUT = 900.0
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """The q-th percentile (0-100), linear between the closest ranks; None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100
-    lo = int(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
 # --- the scrapers: threads of their own process ---------------------------------------------------
@@ -906,10 +897,6 @@ def _ratio(value: float | None) -> str:
     return f"{value:.2f}×" if value < 10 else f"{value:,.0f}×"
 
 
-def _verdict(ok: bool) -> str:
-    return "met" if ok else "**not met**"
-
-
 def _growth(results: list[SizeResult], values: dict[int, float]) -> float | None:
     lo, hi = values.get(results[0].target), values.get(results[-1].target)
     if lo is None or hi is None or lo <= 0 or len(results) < 2:
@@ -1043,9 +1030,9 @@ def incremental_section(
             f"{_ms(statistics.median(r.after[name]))} ({_ms(max(r.after[name]))})" for r in results
         )
         growth = _growth(results, {r.target: statistics.median(r.after[name]) for r in results})
-        verdict = "—" if growth is None else _verdict(growth <= TARGET_INCREMENTAL_RATIO)
+        said = "—" if growth is None else verdict(growth <= TARGET_INCREMENTAL_RATIO)
         reads = " / ".join(dict.fromkeys(r.after_read[name] for r in results))
-        out.append(f"| `{name}` | incremental | {reads} | {cells} | {_ratio(growth)} | {verdict} |")
+        out.append(f"| `{name}` | incremental | {reads} | {cells} | {_ratio(growth)} | {said} |")
     if "classification" in first.probes:
         cells = " | ".join(
             f"{_ms(r.probes['classification'].median)} ({_ms(max(r.probes['classification'].runs))})"
@@ -1185,7 +1172,7 @@ def targets(results: list[SizeResult], m: MetricsResult | None) -> list[str]:
             )
         )
     lines = ["| target | measured | verdict |", "|---|---|---|"]
-    lines += [f"| {t} | {v} | {_verdict(ok)} |" for t, v, ok in rows]
+    lines += [f"| {t} | {v} | {verdict(ok)} |" for t, v, ok in rows]
     missed = [t for t, _, ok in rows if not ok]
     lines += [
         "",
@@ -1471,16 +1458,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return opts
 
 
-def _interrupted(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     opts = parse_args(args)
     # stopped by a signal, still drop the databases and stop the server on the way out
-    signal.signal(signal.SIGTERM, _interrupted)
-    signal.signal(signal.SIGINT, _interrupted)
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, interrupted)
     command = shlex.join([".venv/bin/python", "benchmarks/probes.py", *args])
     started = time.perf_counter()
     results: list[SizeResult] = []
