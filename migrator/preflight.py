@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from migrator import calibrate, catalog, db, journal, runs
 from migrator.errors import UuidguardError
-from migrator.reports.format import size
+from migrator.reports.format import duration, size
 from migrator.settings import Settings
 
 Status = Literal["pass", "warn", "fail"]
@@ -155,13 +155,13 @@ def _backup(conn: Connection, settings: Settings, now: datetime) -> Check:
         return Check(
             name,
             "fail",
-            f"the latest verified backup ({where}) is {_hours(age.total_seconds())} old, more"
-            f" than backup.max_age {_hours(limit.total_seconds())}: run `uuidguard backup`",
+            f"the latest verified backup ({where}) is {duration(age.total_seconds())} old, more"
+            f" than backup.max_age {duration(limit.total_seconds())}: run `uuidguard backup`",
         )
     if not Path(where).is_file():
         return Check(name, "fail", f"the latest verified backup {where} is gone from disk")
     return Check(
-        name, "pass", f"{where}, verified {_hours(age.total_seconds())} ago by a test restore"
+        name, "pass", f"{where}, verified {duration(age.total_seconds())} ago by a test restore"
     )
 
 
@@ -295,7 +295,3 @@ def _slack(token: str, base_url: str) -> Check:
 
 def _short(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-
-
-def _hours(seconds: float) -> str:
-    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"

@@ -225,8 +225,10 @@ class Daemon:
             try:
                 with self.engine.connect() as conn:
                     active = runs.active_run(conn, self.settings)
-                    state = runs.resolve(conn, self.settings, active)["state"] if active else None
-                if active is None or state != "running":
+                    if active is None:
+                        continue
+                    state = runs.resolve(conn, self.settings, active)["state"]
+                if state != "running":
                     continue
                 pace = Pace(ms.batch_time, ms.min_batch, ms.max_batch, ms.start_batch)
                 runner.run_batches(
@@ -289,15 +291,14 @@ class Daemon:
             )
 
     def status(self) -> dict[str, Any]:
-        migration = next(
-            (p["detail"] for p in self.store.status() if p["probe"] == "migration"), None
-        )
+        probes = self.store.status()
+        migration = next((p["detail"] for p in probes if p["probe"] == "migration"), None)
         return {
             "leader": self.leader.is_leader,
             "database_ok": self.database_ok,
             "journal_current": self.journal_ok,
             "scheduler_running": self.running,
-            "probes": [p for p in self.store.status() if p["probe"] != "migration"],
+            "probes": [p for p in probes if p["probe"] != "migration"],
             "migration": migration,
             "last_error": self.last_error,
         }
