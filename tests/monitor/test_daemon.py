@@ -246,3 +246,67 @@ def test_every_probe_once_gives_a_promtool_clean_documented_exposition(
         "run `uuidguard metrics-doc --out docs/metrics.md`"
     )
     d.engine.dispose()
+
+
+def test_scheduler_runs_each_probe_alone_coalesces_and_isolates_failures(
+    settings: Settings,
+) -> None:
+    """A probe slower than its interval never runs twice at once and its missed ticks
+    coalesce into one; a failing probe neither stops nor delays the others; jitter is set."""
+    assert settings.database.dsn is not None
+    s = load_settings(
+        None,
+        database={"dsn": settings.database.dsn.get_secret_value()},
+        probes={"jitter": "1s", "timeout": "10s"},
+        # a key of its own: a daemon of another test must not be this one's leader
+        serve={"run_migrations": False, "leader_lock_key": 917_331},
+    )
+    running: dict[str, int] = {"slow": 0}
+    peak: dict[str, int] = {"slow": 0}
+    runs: dict[str, int] = {"slow": 0, "fast": 0, "broken": 0}
+
+    def slow(conn: Connection, _s: Settings, _ctx: ProbeContext) -> ProbeOutput:
+        running["slow"] += 1
+        peak["slow"] = max(peak["slow"], running["slow"])
+        runs["slow"] += 1
+        try:
+            conn.execute(sa.text("SELECT pg_sleep(1.5)"))
+        finally:
+            running["slow"] -= 1
+        return ProbeOutput()
+
+    def fast(conn: Connection, _s: Settings, _ctx: ProbeContext) -> ProbeOutput:
+        runs["fast"] += 1
+        conn.execute(sa.text("SELECT 1"))
+        return ProbeOutput()
+
+    def broken(conn: Connection, _s: Settings, _ctx: ProbeContext) -> ProbeOutput:
+        runs["broken"] += 1
+        raise RuntimeError("a bug in one probe")
+
+    specs = [
+        ProbeSpec("slow", timedelta(seconds=0.3), "sampled", "sleeps", slow),
+        ProbeSpec("fast", timedelta(seconds=0.3), "sampled", "selects", fast),
+        ProbeSpec("broken", timedelta(seconds=0.3), "sampled", "raises", broken),
+    ]
+    d = Daemon(s, specs)
+    d.leader.is_leader = True
+    d.start()
+    try:
+        jobs = {j.id: j for j in d.scheduler.get_jobs()}
+        for spec in specs:
+            job = jobs[f"probe:{spec.name}"]
+            assert job.max_instances == 1 and job.coalesce is True
+            assert job.trigger.jitter == 1
+        time.sleep(6.0)
+    finally:
+        d.shutdown()
+    assert peak["slow"] == 1
+    # 6 s of 1.5 s runs: at most five, however many 0.3 s ticks were missed meanwhile
+    assert 2 <= runs["slow"] <= 5
+    # the broken probe backs off exponentially instead of running every tick
+    assert 1 <= runs["broken"] < runs["fast"]
+    records = {r.spec.name: r for r in d.store.snapshot()}
+    assert records["fast"].runs["success"] == runs["fast"] >= 4
+    assert records["broken"].runs["error"] == runs["broken"]
+    assert records["slow"].runs["success"] >= 2
