@@ -507,7 +507,8 @@ class ProbeSettings(_Section):
     commit_lag: Duration = timedelta(minutes=5)
     #: new-upload conformance: at most this many new documents per run (the rest wait for the next)
     new_uploads_page: int = Field(10_000, ge=1, le=1_000_000)
-    #: rolling orphan scan: chunks read per run, in chunk id order, wrapping around at the end
+    #: rolling orphan scan: about this many chunks per run, a range of heap blocks in physical
+    #: order, wrapping around at the end
     orphan_scan_page: int = Field(10_000, ge=1, le=1_000_000)
     #: sampled pipeline consistency: random processed documents checked per run
     pipeline_sample: int = Field(200, ge=1, le=100_000)

@@ -18,6 +18,7 @@ few ids in `detail` are for a person reading the status API.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 import uuid
@@ -42,7 +43,11 @@ CANARY_SOURCES = ("pinned", "sample")
 EXAMPLES = 10
 NIL = str(uuid.UUID(int=0))
 # the planner's row estimate of a table: the rolling scan's progress, at no cost
-_RELTUPLES = sa.text("SELECT reltuples FROM pg_class WHERE oid = to_regclass(:name)")
+#: a table's heap blocks now (not as of its last VACUUM), and the planner's rows and pages
+_HEAP_SIZE = sa.text(
+    "SELECT pg_relation_size(oid) / current_setting('block_size')::int, reltuples, relpages"
+    " FROM pg_class WHERE oid = to_regclass(:name)"
+)
 
 
 def probe_specs(settings: Settings) -> list[ProbeSpec]:
@@ -90,9 +95,10 @@ def probe_specs(settings: Settings) -> list[ProbeSpec]:
             "orphans",
             p.interval,
             "incremental",
-            "Rolling orphan scan: probes.orphan_scan_page chunks per run in chunk id order "
-            "(wrapping around), each looked up in the documents' primary key; a complete cycle "
-            "counts every chunk that lived through it once",
+            "Rolling orphan scan: a range of the chunks' heap per run (about "
+            "probes.orphan_scan_page chunks, in physical order, wrapping around), each chunk "
+            "looked up in the documents' primary key; a complete cycle counts every chunk that "
+            "stayed in place through it once",
             orphans,
             (
                 "chunks_orphaned_rolling",
@@ -386,30 +392,44 @@ def new_uploads(conn: Connection, settings: Settings, ctx: ProbeContext) -> Prob
 
 
 def orphans(conn: Connection, settings: Settings, ctx: ProbeContext) -> ProbeOutput:
-    """The next page of chunks in id order: how many carry a document id no document has.
+    """The next range of the chunks' heap: how many of its chunks carry a document id no
+    document has.
 
     Chunk ids are not created in order, so the scan is no watermark of new chunks: it is a
-    cycle over the whole table, a page per run, that restarts at the beginning when a page
-    comes back short. A cycle sees each chunk that exists throughout it exactly once; chunks
-    added or deleted meanwhile are seen or not depending on where they fall. The full
-    classification gives the exact count and the classes on its slower schedule.
+    cycle over the whole table, a range of heap blocks per run (about probes.orphan_scan_page
+    chunks, from the density the previous range showed), that restarts at block 0 once it has
+    passed the table's last block. A TID range scan reads those blocks in physical order, so
+    a run costs the same whatever the table's size (an id-ordered page would fetch one heap
+    block per chunk, scattered over the whole table). A cycle sees each chunk that stays in
+    place throughout it exactly once; a chunk inserted or updated meanwhile (a new row
+    version) is seen or not, or twice, depending on where it lands. The full classification
+    gives the exact count and the classes on its slower schedule.
     """
     page_size = settings.probes.orphan_scan_page
     mt = tables_mod.reflect(conn, settings)
     d, ch, m = mt.documents, mt.chunks, settings.mapping
     uuid_mode = canary.uuid_keys(settings, mt)
     state = ctx.state.setdefault(
-        "orphans", {"after": None, "rows": 0, "orphans": 0, "last": None, "cycles": 0}
+        "orphans",
+        {"block": 0, "per_block": None, "rows": 0, "orphans": 0, "last": None, "cycles": 0},
     )
+    name = conn.dialect.identifier_preparer.format_table(ch.table)
+    blocks, reltuples, relpages = conn.execute(_HEAP_SIZE, {"name": name}).one()
+    per_block = state["per_block"]
+    if per_block is None:
+        per_block = reltuples / relpages if relpages > 0 and reltuples > 0 else 8.0
+    start = state["block"]
+    end = start + max(1, math.ceil(page_size / max(per_block, 1.0)))
     chunk_id = ch.c(m.chunks.id)
-    rows_q = (
+    page_rows = (
         sa.select(chunk_id.label("id"), ch.c(m.chunks.document_id).label("ref"))
-        .order_by(chunk_id)
-        .limit(page_size)
+        .where(
+            sa.text("ctid >= CAST(:lo AS tid) AND ctid < CAST(:hi AS tid)").bindparams(
+                lo=f"({start},0)", hi=f"({end},0)"
+            )
+        )
+        .subquery("page_rows")
     )
-    if state["after"] is not None:
-        rows_q = rows_q.where(chunk_id > sa.bindparam("after", state["after"], type_=chunk_id.type))
-    page_rows = rows_q.subquery("page_rows")
     # one primary key probe per chunk: a LIMIT keeps the planner from hashing all documents
     owner = (
         sa.select(sa.literal(1).label("hit"))
@@ -424,9 +444,6 @@ def orphans(conn: Connection, settings: Settings, ctx: ProbeContext) -> ProbeOut
         page_rows.outerjoin(owner, sa.true())
     )
     page = page_q.cte("page")
-    last_id = (
-        sa.select(sa.cast(page.c.id, sa.Text)).order_by(page.c.id.desc()).limit(1).scalar_subquery()
-    )
     first_orphans = (
         sa.select(sa.cast(page.c.id, sa.Text).label("id"))
         .where(~page.c.owned)
@@ -435,31 +452,31 @@ def orphans(conn: Connection, settings: Settings, ctx: ProbeContext) -> ProbeOut
         .subquery("first_orphans")
     )
     examples = sa.select(sa.func.array_agg(first_orphans.c.id)).scalar_subquery()
-    rows, found, last, sample = conn.execute(
-        sa.select(
-            sa.func.count(), sa.func.count().filter(~page.c.owned), last_id, examples
-        ).select_from(page)
+    rows, found, sample = conn.execute(
+        sa.select(sa.func.count(), sa.func.count().filter(~page.c.owned), examples).select_from(
+            page
+        )
     ).one()
     state["rows"] += rows
     state["orphans"] += found
-    state["after"] = last if rows else state["after"]
+    if rows:
+        state["per_block"] = rows / (end - start)
+    state["block"] = end
     out = ProbeOutput()
-    if rows < page_size:
+    if end >= blocks:
         state["last"] = {"rows": state["rows"], "orphans": state["orphans"]}
         state["cycles"] += 1
-        state["after"] = None
+        state["block"] = 0
         state["rows"] = state["orphans"] = 0
-    estimate = conn.execute(
-        _RELTUPLES, {"name": conn.dialect.identifier_preparer.format_table(ch.table)}
-    ).scalar_one_or_none()
     if state["last"] is not None:
         out.add("chunks_orphaned_rolling", state["last"]["orphans"], cycle="last")
     out.add("chunks_orphaned_rolling", state["orphans"], cycle="current")
-    if estimate is not None and estimate > 0:
-        out.add("chunks_rolling_scan_progress_ratio", min(1.0, state["rows"] / estimate))
+    if blocks > 0:
+        out.add("chunks_rolling_scan_progress_ratio", min(1.0, state["block"] / blocks))
     out.add("chunks_rolling_scan_cycles_total", state["cycles"])
     out.detail = {
         "page_rows": rows,
+        "page_blocks": [start, end],
         "page_orphans": found,
         "examples": list(sample or []),
         "cycle": {"rows": state["rows"], "orphans": state["orphans"]},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 import uuid
@@ -189,15 +190,9 @@ def test_new_upload_conformance_counts_each_new_document_once(settings: Settings
     assert totals() == (3, 3)
 
 
-def test_orphan_scan_cycles_through_every_chunk(settings: Settings) -> None:
-    """The rolling scan reads a page per run and, after a whole cycle, reports exactly the
-    orphan chunks (the assessment's healable and unmatched ones); then it starts over."""
-    s = _with(settings, probes={"orphan_scan_page": 5})
-    engine = _handmade(s)
-    ctx = ProbeContext()
-    orphan_ids = set()
+def _orphan_ids(engine: sa.Engine) -> set[str]:
     with engine.connect() as conn:
-        orphan_ids = {
+        return {
             r[0]
             for r in conn.execute(
                 sa.text(
@@ -206,25 +201,70 @@ def test_orphan_scan_cycles_through_every_chunk(settings: Settings) -> None:
                 )
             )
         }
+
+
+def test_orphan_scan_cycles_through_every_chunk(settings: Settings) -> None:
+    """The rolling scan reads a range of heap blocks per run and, after a whole cycle, reports
+    exactly the orphan chunks (the assessment's healable and unmatched ones); then it starts
+    over. The handmade dataset's 18 chunks fit in one block: every run is a whole cycle."""
+    s = _with(settings, probes={"orphan_scan_page": 5})
+    engine = _handmade(s)
+    ctx = ProbeContext()
+    orphan_ids = _orphan_ids(engine)
     expected = (
         handmade.EXPECTED["chunks"]["orphan_healable"]
         + handmade.EXPECTED["chunks"]["orphan_unmatched"]
     )
     assert len(orphan_ids) == expected
-    seen: set[str] = set()
-    outs = []
-    for _ in range(4):  # 18 chunks: 5 + 5 + 5 + 3
-        out = _run(engine, s, "orphans", ctx)
-        seen.update(out.detail["examples"])
-        outs.append(out)
-    assert all(_value(o, "chunks_rolling_scan_cycles_total") == 0 for o in outs[:3])
-    assert "(('cycle', 'last'),)" not in str(_values(outs[2], "chunks_orphaned_rolling"))
-    assert _value(outs[3], "chunks_rolling_scan_cycles_total") == 1
-    assert _value(outs[3], "chunks_orphaned_rolling", cycle="last") == expected
-    assert seen == orphan_ids
+    out = _run(engine, s, "orphans", ctx)
+    assert out.detail["page_rows"] == 18 and set(out.detail["examples"]) == orphan_ids
+    assert _value(out, "chunks_rolling_scan_cycles_total") == 1
+    assert _value(out, "chunks_orphaned_rolling", cycle="last") == expected
     again = _run(engine, s, "orphans", ctx)
-    assert again.detail["cycle"]["rows"] == 5
+    assert _value(again, "chunks_rolling_scan_cycles_total") == 2
     assert _value(again, "chunks_orphaned_rolling", cycle="last") == expected
+
+
+def test_orphan_scan_pages_a_large_table_by_heap_blocks(settings: Settings) -> None:
+    """Over a table of many blocks, each run reads about probes.orphan_scan_page chunks, the
+    ranges follow each other without gap or overlap, and a cycle counts every chunk once."""
+    s = _with(settings, probes={"orphan_scan_page": 200})
+    engine = _handmade(s)
+    with engine.begin() as conn:
+        # 3,000 padded chunks (a few hundred blocks), one in ten pointing at no document
+        conn.execute(
+            sa.text(
+                "INSERT INTO document_chunks (id, document_id, user_id, chunk_index, content)"
+                " SELECT gen_random_uuid(),"
+                " CASE WHEN g % 10 = 0 THEN gen_random_uuid()"
+                " ELSE (SELECT id FROM documents ORDER BY id LIMIT 1) END,"
+                " 'pad', g, repeat('x', 600) FROM generate_series(1, 3000) g"
+            )
+        )
+        total = conn.execute(sa.text("SELECT count(*) FROM document_chunks")).scalar_one()
+        blocks = conn.execute(
+            sa.text(
+                "SELECT pg_relation_size('document_chunks') / current_setting('block_size')::int"
+            )
+        ).scalar_one()
+    assert blocks > 100
+    expected = len(_orphan_ids(engine))
+    ctx = ProbeContext()
+    ranges, rows = [], []
+    while True:
+        out = _run(engine, s, "orphans", ctx)
+        ranges.append(out.detail["page_blocks"])
+        rows.append(out.detail["page_rows"])
+        if _value(out, "chunks_rolling_scan_cycles_total") == 1:
+            break
+        assert 0 < _value(out, "chunks_rolling_scan_progress_ratio") < 1
+        assert len(ranges) < 200
+    assert ranges[0][0] == 0 and ranges[-1][1] >= blocks
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
+    assert sum(rows) == total
+    assert _value(out, "chunks_orphaned_rolling", cycle="last") == expected
+    # after the first range has shown the density, each run reads about a page
+    assert all(100 <= r <= 400 for r in rows[1:-1]), rows
 
 
 def test_pipeline_consistency_of_sampled_documents(settings: Settings) -> None:
