@@ -83,13 +83,16 @@ def create_app(daemon: Daemon) -> ASGIApp:
     settings = daemon.settings
     token = settings.serve.api_token
 
-    rendered: dict[str, Any] = {"key": None, "body": b""}
+    rendered: dict[str, Any] = {"key": None, "body": b"", "until": 0.0}
 
     def exposition() -> bytes:
-        # rendered again only when a probe reported or a second passed (freshness is a
-        # matter of time): fifty scrapers in a row cost one rendering, not fifty
-        key = (daemon.store.version, daemon.store.leader, int(time.time()))
-        if rendered["key"] != key:
+        # rendered again only when the store changed (a probe reported, leadership moved) or
+        # a value went stale: any number of scrapes in between cost one rendering. The key is
+        # read before rendering, so a change during it renders again at the next scrape.
+        now = time.time()
+        key = (daemon.store.version, daemon.store.leader)
+        if rendered["key"] != key or now >= rendered["until"]:
+            rendered["until"] = daemon.store.stale_at(now)
             rendered["body"], rendered["key"] = generate_latest(reg), key
         body: bytes = rendered["body"]
         return body

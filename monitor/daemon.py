@@ -258,10 +258,9 @@ class Daemon:
             return
         with self.engine.connect() as conn, conn.begin():
             lost = policy.batch_canary(conn, self.settings, result.batch_id)
-        self.store.batch_canaries += 1
+        self.store.batch_canary(lost=bool(lost))
         if not lost:
             return
-        self.store.batch_canary_failures += 1
         reason = (
             f"the canary after batch {result.batch_id} cannot find {len(lost)} of its"
             " documents; that batch was rolled back"

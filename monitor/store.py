@@ -7,6 +7,7 @@ dropped rather than served stale; one failing probe never hides the others.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import Counter
@@ -113,6 +114,25 @@ class Store:
         with self._lock:
             self.db_seconds += seconds
             self.version += 1
+
+    def batch_canary(self, lost: bool) -> None:
+        with self._lock:
+            self.batch_canaries += 1
+            self.batch_canary_failures += int(lost)
+            self.version += 1
+
+    def stale_at(self, now: float) -> float:
+        """When the next value served fresh now goes stale (inf when none will): until then,
+        and until `version` changes, the exposition stays the same."""
+        with self._lock:
+            return min(
+                (
+                    r.output_at + STALE_AFTER_INTERVALS * r.spec.interval.total_seconds()
+                    for r in self._records.values()
+                    if r.fresh(now) and r.output_at is not None
+                ),
+                default=math.inf,
+            )
 
     def snapshot(self) -> list[ProbeRecord]:
         """Copies, so readers never see a record change under them."""

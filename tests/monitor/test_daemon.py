@@ -310,3 +310,49 @@ def test_scheduler_runs_each_probe_alone_coalesces_and_isolates_failures(
     assert records["fast"].runs["success"] == runs["fast"] >= 4
     assert records["broken"].runs["error"] == runs["broken"]
     assert records["slow"].runs["success"] >= 2
+
+
+def test_metrics_render_once_per_change_and_drop_stale_values(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scrapes between two changes reuse one rendering; a value older than three of its
+    probe's intervals disappears from /metrics on time, while the others stay."""
+    from monitor import api
+
+    renders = []
+    real = api.generate_latest
+
+    def counting(reg: object) -> bytes:
+        renders.append(time.monotonic())
+        return real(reg)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(api, "generate_latest", counting)
+
+    def emit(conn: Connection, _s: Settings, _ctx: ProbeContext) -> ProbeOutput:
+        return ProbeOutput()
+
+    quick = ProbeSpec("quick", timedelta(seconds=0.5), "sampled", "often", emit)
+    slow = ProbeSpec("slow", timedelta(seconds=60), "sampled", "rarely", emit)
+    d = Daemon(settings, [quick, slow])
+    try:
+        fast_out, slow_out = ProbeOutput(), ProbeOutput()
+        fast_out.add("unprocessed_documents", 7.0)
+        slow_out.add("documents_by_id_version", 5.0, version="v4")
+        d.store.success("quick", fast_out, 0.01)
+        d.store.success("slow", slow_out, 0.01)
+        client = TestClient(create_app(d))
+        bodies = [client.get("/metrics").text for _ in range(100)]
+        assert len(renders) == 1 and len(set(bodies)) == 1
+        assert "uuidguard_unprocessed_documents 7.0" in bodies[0]
+        assert 'uuidguard_documents_by_id_version{version="v4"} 5.0' in bodies[0]
+        time.sleep(1.7)  # three intervals of the quick probe
+        body = client.get("/metrics")
+        assert body.status_code == 200
+        assert "uuidguard_unprocessed_documents 7.0" not in body.text
+        assert 'uuidguard_documents_by_id_version{version="v4"} 5.0' in body.text
+        assert len(renders) == 2
+        d.store.batch_canary(lost=True)  # any change renders again at the next scrape
+        assert 'uuidguard_batch_canary_runs_total{result="lost"} 1.0' in client.get("/metrics").text
+        assert len(renders) == 3
+    finally:
+        d.engine.dispose()
