@@ -85,6 +85,17 @@ Duration = Annotated[
 ]
 
 
+def _blank_is_unset(value: Any) -> Any:
+    """An empty secret (`UUIDGUARD_SERVE__API_TOKEN=` in a compose file) is no secret: unset,
+    so what it protects stays closed instead of accepting an empty credential."""
+    raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+    return None if isinstance(raw, str) and not raw.strip() else value
+
+
+#: A token or secret; empty means unset.
+Secret = Annotated[SecretStr | None, BeforeValidator(_blank_is_unset)]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -410,17 +421,17 @@ class MonitoringSettings(_Section):
     alertmanager_url: str = ""
     #: the daemon's /metrics as Prometheus should scrape it (checked among Prometheus's targets)
     daemon_url: str = "http://127.0.0.1:9477/metrics"
-    slack_token: SecretStr | None = None
+    slack_token: Secret = None
     slack_base_url: str = "https://slack.com/api/"
     #: where alert messages go
     slack_channel: str = "#uuidguard"
     #: verifies /slack/interactions (Slack's request signature); unset: the endpoint refuses
-    slack_signing_secret: SecretStr | None = None
+    slack_signing_secret: Secret = None
     #: who may press the buttons: Slack user ids, and user group ids whose members may
     slack_allowed_users: list[str] = Field(default_factory=list)
     slack_allowed_groups: list[str] = Field(default_factory=list)
     #: Socket Mode (no public endpoint needed): an app-level token xapp-…
-    slack_app_token: SecretStr | None = None
+    slack_app_token: Secret = None
     #: Slack allows about one message per second per channel
     slack_min_interval: Duration = timedelta(seconds=1)
 
@@ -447,7 +458,7 @@ class CanarySettings(_Section):
     http_url: str = Field("", validate_default=True)
     http_body: str = '{"user_id": "{user_id}", "query": "{query}", "top_k": 10}'
     http_ids_path: str = "results.document_id"
-    http_token: SecretStr | None = None
+    http_token: Secret = None
     http_timeout: Duration = timedelta(seconds=5)
     #: http: the query is the start of one of the document's chunks, this many characters
     query_chars: int = Field(200, ge=1, le=10_000)
@@ -521,9 +532,9 @@ class ServeSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(9477, ge=1, le=65535)
     #: bearer token of the control endpoints (/api/v1/migration/*); unset: they answer 403
-    api_token: SecretStr | None = None
+    api_token: Secret = None
     #: bearer token Alertmanager sends to /hooks/alertmanager
-    webhook_token: SecretStr | None = None
+    webhook_token: Secret = None
     #: run migration batches from the daemon (inside the windows, with the throttle)
     run_migrations: bool = True
     #: the leader's advisory lock key (one leader per database runs the probes)

@@ -128,7 +128,7 @@ def create_app(daemon: Daemon) -> ASGIApp:
                 status_code=401,
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        if secret is None:
+        if secret is None or not secret.get_secret_value():
             return JSONResponse({"error": f"this endpoint is disabled: set {key}"}, status_code=403)
         given = header[7:].strip().encode()
         if not hmac.compare_digest(given, secret.get_secret_value().encode()):

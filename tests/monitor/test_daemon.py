@@ -114,6 +114,12 @@ def test_control_endpoints_need_the_token_and_are_audited(settings: Settings) ->
         closed.post("/api/v1/migration/pause", headers={"Authorization": "Bearer x"}).status_code
         == 403
     )
+    # an empty token (`UUIDGUARD_SERVE__API_TOKEN=` in a compose file) is no token
+    blank = _daemon(settings, api_token="  ", webhook_token="")
+    assert blank.settings.serve.api_token is None and blank.settings.serve.webhook_token is None
+    empty = TestClient(create_app(blank))
+    for path in ("/api/v1/migration/pause", "/hooks/alertmanager"):
+        assert empty.post(path, headers={"Authorization": "Bearer "}).status_code == 403
 
 
 def test_rollback_endpoint_rolls_back_in_the_background(settings: Settings) -> None:
