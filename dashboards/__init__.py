@@ -1,0 +1,1 @@
+"""uuidguard's Grafana dashboards: grafanalib sources, built into dashboards/generated/."""
