@@ -114,6 +114,8 @@ def metadata(schema: str) -> sa.MetaData:
         sa.Column("priority", sa.Boolean),
         sa.Column("state", sa.Text),
         sa.Column("batch_id", sa.BigInteger),
+        sa.Column("chunks", sa.BigInteger),
+        sa.Column("embeddings", sa.BigInteger),
     )
     sa.Table(
         "batches",
@@ -193,6 +195,16 @@ def metadata(schema: str) -> sa.MetaData:
         sa.Column("run_id", sa.BigInteger),
         sa.Column("decision", sa.Text),
         sa.Column("detail", pg.JSONB),
+    )
+    sa.Table(
+        "measurements",
+        md,
+        sa.Column("id", sa.BigInteger, primary_key=True),
+        sa.Column("run_id", sa.BigInteger),
+        sa.Column("phase", sa.Text),
+        sa.Column("measured_at", ts),
+        sa.Column("seconds", sa.Float),
+        sa.Column("figures", pg.JSONB),
     )
     sa.Table(
         "slack_messages",

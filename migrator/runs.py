@@ -12,7 +12,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.engine import Connection
 
-from migrator import assess, catalog, journal
+from migrator import assess, baseline, catalog, journal
 from migrator import tables as tables_mod
 from migrator.errors import UsageError, UuidguardError
 from migrator.pace import recent_rate
@@ -146,13 +146,17 @@ def create(
         c.user_id,
         c["class"],
         priority,
+        # what the document owns once re-keyed: its own rows and those under its rule id
+        c.own_chunks + c.rule_chunks_raw,
+        c.own_embeddings + c.rule_embeddings_raw,
     ).where(c.rekey)
     if option == "B":
         chosen = chosen.where(priority)
     id_map = _t(settings, "id_map")
     conn.execute(
         sa.insert(id_map).from_select(
-            ["run_id", "old_id", "new_id", "user_id", "class", "priority"], chosen
+            ["run_id", "old_id", "new_id", "user_id", "class", "priority", "chunks", "embeddings"],
+            chosen,
         )
     )
     count = conn.execute(sa.select(sa.func.count()).where(id_map.c.run_id == run_id)).scalar_one()
@@ -162,6 +166,10 @@ def create(
         .where(runs.c.id == run_id)
         .values(documents=count, fingerprint_before=before)
     )
+    if take_fingerprint:
+        baseline.record(
+            conn, settings, run_id, "before", baseline.measure(conn, settings, cl, run_id)
+        )
     journal.audit(conn, schema, "create", run_id, {"option": option, "documents": count}, actor)
     return int(run_id)
 

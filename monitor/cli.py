@@ -19,7 +19,15 @@ from migrator import dataset, db, embedded
 from migrator import settings as settings_mod
 from migrator.errors import UsageError, UuidguardError
 from migrator.reports import assessment as assessment_report
-from monitor import cli_dashboards, cli_demo, cli_migrate, cli_ops, cli_plan, cli_serve
+from monitor import (
+    cli_dashboards,
+    cli_demo,
+    cli_migrate,
+    cli_ops,
+    cli_plan,
+    cli_reports,
+    cli_serve,
+)
 from monitor.cli_common import (
     ConfigOpt,
     DebugOpt,
@@ -48,6 +56,8 @@ db_app = typer.Typer(
 app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
 app.add_typer(cli_migrate.migrate_app, name="migrate")
+app.add_typer(cli_reports.report_app, name="report")
+app.command()(cli_reports.uat)
 app.add_typer(cli_dashboards.dashboards_app, name="dashboards")
 app.command()(cli_migrate.init)
 app.command()(cli_plan.plan)

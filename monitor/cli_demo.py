@@ -9,6 +9,7 @@ Grafana, Prometheus or `uuidguard status --watch` can follow it live. Ctrl-C sto
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -20,7 +21,9 @@ from migrator import assess, db, journal, runs
 from migrator import dataset as dataset_mod
 from migrator import plan as plan_mod
 from migrator import settings as settings_mod
+from migrator.errors import UuidguardError
 from migrator.reports.format import duration
+from monitor import cli_reports
 from monitor.cli_common import (
     ConfigOpt,
     DebugOpt,
@@ -35,6 +38,8 @@ from monitor.cli_common import (
 #: how long the demo's migration should take, seconds
 DEMO_RUN_SECONDS = 60
 DEMO_BATCH = 40
+#: how often the demo looks whether the daemon has finished its run
+REPORT_POLL_SECONDS = 2.0
 
 
 def demo(
@@ -140,7 +145,40 @@ def demo(
     )
     from monitor.cli_serve import run_daemon
 
-    run_daemon(s, debug)
+    stop = threading.Event()
+    watcher = threading.Thread(
+        target=_report_when_done, args=(s, active, stop), name="demo-report", daemon=True
+    )
+    watcher.start()
+    try:
+        run_daemon(s, debug)
+    finally:
+        stop.set()
+
+
+def _report_when_done(s: settings_mod.Settings, run_id: int, stop: threading.Event) -> None:
+    """Once the daemon has finished the run (or rolled it back), write the HTML completion
+    report next to the embedded server's state and say where it is."""
+    engine = db.create_engine(s)
+    try:
+        while not stop.wait(REPORT_POLL_SECONDS):
+            with db.connect(engine) as conn, conn.begin():
+                state = runs.resolve(conn, s, run_id)["state"]
+            if state in ("completed", "rolled_back"):
+                path = s.database.state_dir / "reports" / f"run-{run_id}-completion.html"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                cli_reports.write_completion_html(s, engine, run_id, path)
+                out.print(
+                    f"\nrun {run_id} {state}: completion report written to {path.resolve()}",
+                    markup=False,
+                )
+                return
+            if state == "failed":
+                return
+    except UuidguardError as exc:
+        err.print(f"completion report not written: {exc}", markup=False)
+    finally:
+        engine.dispose()
 
 
 def _has_random_documents(engine: sa.Engine, s: settings_mod.Settings) -> bool:
