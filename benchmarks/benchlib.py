@@ -24,7 +24,7 @@ import psycopg
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
-from migrator import embedded
+from migrator import baseline, embedded
 
 ROOT = Path(__file__).resolve().parent.parent
 PERFORMANCE_MD = ROOT / "docs" / "performance.md"
@@ -40,13 +40,7 @@ def log(message: str) -> None:
 
 def percentile(values: list[float], q: float) -> float | None:
     """The q-th percentile (0-100), linear between the closest ranks; None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100
-    lo = int(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+    return baseline.percentile(values, q / 100)
 
 
 def verdict(ok: bool) -> str:

@@ -431,10 +431,6 @@ def differences(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:
 # ------------------------------------------------------------------------------- commands
 
 
-def _t(settings: Settings, name: str) -> sa.Table:
-    return journal.metadata(settings.journal_schema).tables[f"{settings.journal_schema}.{name}"]
-
-
 def _output_path(out: Path | None, settings: Settings, dbname: str, now: datetime) -> Path:
     """Where the dump goes; created empty here, so an unwritable place fails before the dump."""
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", dbname) or "database"
@@ -516,7 +512,7 @@ def create(
         )
     verified = failure is None
     seconds = time.monotonic() - started
-    backups = _t(settings, "backups")
+    backups = journal.table(settings.journal_schema, "backups")
     with db.connect(engine) as conn, db.translate_errors("recording the backup"), conn.begin():
         backup_id = conn.execute(
             sa.insert(backups)
@@ -562,7 +558,7 @@ def _chosen(
     conn: Connection, settings: Settings, backup_id: int | None, file: Path | None
 ) -> dict[str, Any] | None:
     """The backup record to restore: by id, by file, or the latest verified one."""
-    t = _t(settings, "backups")
+    t = journal.table(settings.journal_schema, "backups")
     if file is not None:
         row = (
             conn.execute(

@@ -39,11 +39,6 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
-def _journal_table(settings: Settings, name: str) -> sa.Table:
-    schema = settings.journal_schema
-    return journal.metadata(schema).tables[f"{schema}.{name}"]
-
-
 def pick_canary(
     conn: Connection, cl: assess.Classified, n: int = CANARY_SET
 ) -> list[dict[str, Any]]:
@@ -105,7 +100,7 @@ def _current_ids(
     conn: Connection, settings: Settings, run_id: int, ids: list[str]
 ) -> dict[str, str]:
     """Each canary id as the documents table holds it now: its new id where the run re-keyed it."""
-    id_map = _journal_table(settings, "id_map")
+    id_map = journal.table(settings.journal_schema, "id_map")
     moved = {
         str(old): str(new)
         for old, new in conn.execute(
@@ -196,7 +191,7 @@ def record(
     conn: Connection, settings: Settings, run_id: int, phase: str, figures: dict[str, Any]
 ) -> int:
     """Keep one measurement of a run in the journal; returns its id."""
-    t = _journal_table(settings, "measurements")
+    t = journal.table(settings.journal_schema, "measurements")
     return int(
         conn.execute(
             sa.insert(t)
@@ -208,7 +203,7 @@ def record(
 
 def latest(conn: Connection, settings: Settings, run_id: int, phase: str) -> dict[str, Any] | None:
     """The latest measurement of a run in a phase, with its id and time, or None."""
-    t = _journal_table(settings, "measurements")
+    t = journal.table(settings.journal_schema, "measurements")
     row = (
         conn.execute(
             sa.select(t.c.id, t.c.measured_at, t.c.figures)

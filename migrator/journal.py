@@ -82,6 +82,11 @@ def require_current(conn: Connection, schema: str) -> None:
 
 
 @functools.cache
+def table(schema: str, name: str) -> sa.Table:
+    """One journal table (runs, id_map, batches, …) of the journal in `schema`."""
+    return metadata(schema).tables[f"{schema}.{name}"]
+
+
 def metadata(schema: str) -> sa.MetaData:
     """The journal tables as Core objects, for queries (the revisions own the DDL)."""
     md = sa.MetaData(schema=schema)

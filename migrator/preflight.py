@@ -74,7 +74,7 @@ def run(
         report = {"at": now.isoformat(), "ok": ok, "checks": [asdict(c) for c in checks]}
         if current == head:
             with conn.begin():
-                t = _t(settings, "preflights")
+                t = journal.table(settings.journal_schema, "preflights")
                 conn.execute(
                     sa.insert(t).values(
                         at=now,
@@ -90,7 +90,7 @@ def run(
 
 def require_passed(conn: Connection, settings: Settings, force: bool) -> str | None:
     """Raise when the latest preflight failed (unless `force`); a note when there is none."""
-    t = _t(settings, "preflights")
+    t = journal.table(settings.journal_schema, "preflights")
     latest = conn.execute(sa.select(t).order_by(t.c.id.desc()).limit(1)).mappings().first()
     if latest is None:
         return (
@@ -100,10 +100,6 @@ def require_passed(conn: Connection, settings: Settings, force: bool) -> str | N
         failed = [c["name"] for c in latest["checks"] if c["status"] == "fail"]
         raise PreflightFailed(latest["at"].astimezone(UTC), failed)
     return None
-
-
-def _t(settings: Settings, name: str) -> sa.Table:
-    return journal.metadata(settings.journal_schema).tables[f"{settings.journal_schema}.{name}"]
 
 
 def _calibration(conn: Connection, settings: Settings) -> Check:
@@ -138,7 +134,7 @@ def _privileges(conn: Connection, settings: Settings) -> Check:
 
 def _backup(conn: Connection, settings: Settings, now: datetime) -> Check:
     name = "verified backup"
-    t = _t(settings, "backups")
+    t = journal.table(settings.journal_schema, "backups")
     latest = (
         conn.execute(
             sa.select(t).where(t.c.verified.is_(True)).order_by(t.c.verified_at.desc()).limit(1)

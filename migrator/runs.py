@@ -38,11 +38,6 @@ def config_fingerprint(settings: Settings) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _t(settings: Settings, name: str) -> sa.Table:
-    schema = settings.journal_schema
-    return journal.metadata(schema).tables[f"{schema}.{name}"]
-
-
 def fingerprint(conn: Connection, settings: Settings) -> dict[str, Any]:
     """An order-independent fingerprint of every mapped table: rows, a hash of whole rows, and
     a hash of their content without the document-id columns.
@@ -86,7 +81,7 @@ def fingerprint(conn: Connection, settings: Settings) -> dict[str, Any]:
 
 def active_run(conn: Connection, settings: Settings) -> int | None:
     """The run that is not finished, if any (at most one: a unique index says so)."""
-    runs = _t(settings, "runs")
+    runs = journal.table(settings.journal_schema, "runs")
     found = conn.execute(sa.select(runs.c.id).where(runs.c.state.in_(ACTIVE))).scalar_one_or_none()
     return int(found) if found is not None else None
 
@@ -106,7 +101,9 @@ def create(
     fks = catalog.strategies(conn, settings)  # refuses unmapped foreign keys before any write
     catalog.check_privileges(conn, settings, any(fk is not None for fk in fks.values()))
     active = conn.execute(
-        sa.select(_t(settings, "runs").c.id).where(_t(settings, "runs").c.state.in_(ACTIVE))
+        sa.select(journal.table(settings.journal_schema, "runs").c.id).where(
+            journal.table(settings.journal_schema, "runs").c.state.in_(ACTIVE)
+        )
     ).scalar_one_or_none()
     if active is not None:
         raise RunError(
@@ -121,7 +118,7 @@ def create(
             "migrate uuid columns; text id columns are assessed but not yet re-keyed",
         )
     recent, frequent, _, _ = assess.priority_conditions(conn, cl.docs, settings, now)
-    runs = _t(settings, "runs")
+    runs = journal.table(settings.journal_schema, "runs")
     rule = {"namespace": str(settings.id_rule.namespace), "template": settings.id_rule.template}
     try:
         run_id = conn.execute(
@@ -152,7 +149,7 @@ def create(
     ).where(c.rekey)
     if option == "B":
         chosen = chosen.where(priority)
-    id_map = _t(settings, "id_map")
+    id_map = journal.table(settings.journal_schema, "id_map")
     conn.execute(
         sa.insert(id_map).from_select(
             ["run_id", "old_id", "new_id", "user_id", "class", "priority", "chunks", "embeddings"],
@@ -176,7 +173,7 @@ def create(
 
 def resolve(conn: Connection, settings: Settings, run_id: int | None) -> dict[str, Any]:
     """The run asked for, or the one active run, or the latest; as a dict."""
-    runs = _t(settings, "runs")
+    runs = journal.table(settings.journal_schema, "runs")
     journal.require_current(conn, settings.journal_schema)
     q = sa.select(runs)
     if run_id is not None:
@@ -204,7 +201,7 @@ def set_state(
     allowed_from: tuple[str, ...] = ACTIVE,
 ) -> bool:
     """Move a run to `state` if it is in one of `allowed_from`; audited. False if it was not."""
-    runs = _t(settings, "runs")
+    runs = journal.table(settings.journal_schema, "runs")
     moved = conn.execute(
         sa.update(runs)
         .where(runs.c.id == run_id, runs.c.state.in_(allowed_from))
@@ -227,7 +224,7 @@ def set_options(
     conn: Connection, settings: Settings, run_id: int, actor: str, **options: Any
 ) -> dict[str, Any]:
     """Change a run's live options (batch_time); every worker applies them before its next batch."""
-    runs = _t(settings, "runs")
+    runs = journal.table(settings.journal_schema, "runs")
     state, stored = conn.execute(
         sa.select(runs.c.state, runs.c.settings).where(runs.c.id == run_id).with_for_update()
     ).one()
@@ -264,7 +261,10 @@ def _eta(settings: Settings, pending: int, rate: float | None, recent: Any) -> f
 def status(conn: Connection, settings: Settings, run_id: int | None) -> dict[str, Any]:
     """A run's state, progress by document state, and its batches' timings."""
     run = resolve(conn, settings, run_id)
-    id_map, batches = _t(settings, "id_map"), _t(settings, "batches")
+    id_map, batches = (
+        journal.table(settings.journal_schema, "id_map"),
+        journal.table(settings.journal_schema, "batches"),
+    )
     by_state: dict[str, int] = dict(
         conn.execute(
             sa.select(id_map.c.state, sa.func.count())
@@ -325,7 +325,10 @@ def _waits(conn: Connection, settings: Settings, run: dict[str, Any]) -> dict[st
     """Seconds waited by throttle reason, and the wait going on now, if any: the latest wait
     updated recently (a waiting worker updates it every check_interval) after which its
     worker started no batch. Waits are not busy time: the ETA's rate never counts them."""
-    waits, batches = _t(settings, "waits"), _t(settings, "batches")
+    waits, batches = (
+        journal.table(settings.journal_schema, "waits"),
+        journal.table(settings.journal_schema, "batches"),
+    )
     by_reason = conn.execute(
         sa.select(waits.c.reason, sa.func.sum(waits.c.seconds))
         .where(waits.c.run_id == run["id"])

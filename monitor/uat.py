@@ -24,11 +24,6 @@ UPLOADS = 50
 FAILURES_SHOWN = 20
 
 
-def _t(settings: Settings, name: str) -> sa.Table:
-    schema = settings.journal_schema
-    return journal.metadata(schema).tables[f"{schema}.{name}"]
-
-
 def _check(
     group: str, name: str, checked: int, failures: list[str], detail: str = ""
 ) -> dict[str, Any]:
@@ -53,7 +48,7 @@ def run(
     the run re-keyed nothing (never started, or rolled back)."""
     r = runs.resolve(conn, settings, run_id)
     rid = int(r["id"])
-    id_map = _t(settings, "id_map")
+    id_map = journal.table(settings.journal_schema, "id_map")
     done = id_map.c.run_id == rid, id_map.c.state == "done"
     rekeyed = conn.execute(sa.select(sa.func.count()).where(*done)).scalar_one()
     if not rekeyed:
@@ -107,7 +102,7 @@ def _counts(
     conn: Connection, settings: Settings, mt: tables_mod.MappedTables, rid: int, rekeyed: int
 ) -> dict[str, Any]:
     """Every re-keyed document exists under its new id with the chunks and embeddings it had."""
-    id_map = _t(settings, "id_map")
+    id_map = journal.table(settings.journal_schema, "id_map")
     m = settings.mapping
     d, ch = mt.documents, mt.chunks
     chunks = (
@@ -166,7 +161,9 @@ def _shares(
     """Each share the run rewrote (journaled keys, as they are after the rewrite) still exists,
     points at a document, and the grantee's path (share → document → owner's chunks) reaches
     the chunks of a document that has any."""
-    rewrites, batches, id_map = (_t(settings, n) for n in ("rewrites", "batches", "id_map"))
+    rewrites, batches, id_map = (
+        journal.table(settings.journal_schema, n) for n in ("rewrites", "batches", "id_map")
+    )
     m = settings.mapping
     d, ch = mt.documents, mt.chunks
     out = []

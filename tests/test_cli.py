@@ -243,8 +243,8 @@ def test_migrate_from_the_command_line(seeded: tuple[str, dict]) -> None:
 
 
 def test_demo_serves_a_run_to_the_end(tmp_path: Path) -> None:
-    """`uuidguard demo` as `make demo` runs it: the daemon serves, heals the run, exits 0 on
-    SIGTERM."""
+    """`uuidguard demo` as `make demo` runs it: the daemon serves, heals the run, writes the
+    HTML completion report and says where, exits 0 on SIGTERM."""
     import signal
     import time
 
@@ -282,11 +282,21 @@ def test_demo_serves_a_run_to_the_end(tmp_path: Path) -> None:
         )
         metrics = httpx.get(f"{base}/metrics", timeout=5).text
         assert 'uuidguard_migration_state{state="completed"} 1.0' in metrics
+        reports = tmp_path / "state" / "reports"
+        wait_until(
+            "the demo's completion report",
+            lambda: any(reports.glob("run-*-completion.html")),
+            60,
+        )
         time.sleep(0.5)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
         assert "Bearer" in out and "/metrics" in out and "uuidguard stopped" in err
+        (report,) = reports.glob("run-*-completion.html")
+        assert f"completion report written to {report.resolve()}" in out
+        page = report.read_text()
+        assert page.startswith("<!DOCTYPE html>") and page.count("<svg") >= 4
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -50,11 +50,6 @@ FILENAMES = 3
 USERS_SHOWN = 25
 
 
-def _t(settings: Settings, name: str) -> sa.Table:
-    schema = settings.journal_schema
-    return journal.metadata(schema).tables[f"{schema}.{name}"]
-
-
 def build(
     conn: Connection, settings: Settings, run_id: int | None, now: datetime
 ) -> dict[str, Any]:
@@ -82,7 +77,7 @@ def build(
             },
         )
 
-    id_map = _t(settings, "id_map")
+    id_map = journal.table(settings.journal_schema, "id_map")
     m = settings.mapping.documents
     d = mt.documents
     name = sa.cast(d.c(m.filename), sa.Text) if m.filename else sa.cast(d.c(m.id), sa.Text)
@@ -199,7 +194,7 @@ def _add(files: list[str], filename: str) -> None:
 
 
 def _timeline(conn: Connection, settings: Settings, rid: int) -> list[dict[str, Any]]:
-    audit = _t(settings, "audit")
+    audit = journal.table(settings.journal_schema, "audit")
     return [
         {
             "at": r.at.isoformat(timespec="seconds"),

@@ -30,11 +30,6 @@ LATENCY_SLACK_SECONDS = 0.005
 STABILITY_PERIOD = timedelta(hours=24)
 
 
-def _t(settings: Settings, name: str) -> sa.Table:
-    schema = settings.journal_schema
-    return journal.metadata(schema).tables[f"{schema}.{name}"]
-
-
 def histogram(values: list[float], bins: int = HISTOGRAM_BINS) -> list[dict[str, Any]]:
     """Equal-width bins from 0 to the largest value, each with its count. No I/O."""
     if not values:
@@ -87,7 +82,7 @@ def build(
     the result of `uuidguard uat` when the caller ran it (it lives with the canaries)."""
     run = runs.resolve(conn, settings, run_id)
     rid = int(run["id"])
-    batches_t = _t(settings, "batches")
+    batches_t = journal.table(settings.journal_schema, "batches")
     batch_rows = conn.execute(
         sa.select(
             batches_t.c.id,
@@ -166,7 +161,7 @@ def build(
 
 def _classes(conn: Connection, settings: Settings, rid: int) -> dict[str, dict[str, int]]:
     """Planned against done per class, from the run's id map."""
-    id_map = _t(settings, "id_map")
+    id_map = journal.table(settings.journal_schema, "id_map")
     out: dict[str, dict[str, int]] = {}
     for cls, state, n in conn.execute(
         sa.select(id_map.c["class"], id_map.c.state, sa.func.count())
@@ -183,7 +178,9 @@ def _classes(conn: Connection, settings: Settings, rid: int) -> dict[str, dict[s
 
 def _timeline(conn: Connection, settings: Settings, rid: int) -> dict[str, Any]:
     """State changes and commands (audit), throttle waits by reason, rollbacks, alerts."""
-    audit, waits, alerts = (_t(settings, n) for n in ("audit", "waits", "alert_events"))
+    audit, waits, alerts = (
+        journal.table(settings.journal_schema, n) for n in ("audit", "waits", "alert_events")
+    )
     events = [
         {
             "at": r.at.isoformat(),
