@@ -452,8 +452,8 @@ def profiled_run(
     by_text: dict[str, StatementStat] = {}
     with engine.connect() as conn:
         for statement, params, took in sent:
-            # by its start: the same statement with or without an optional condition (the
-            # orphan scan's first page has no lower bound) is one row at every size
+            # by its start: the same statement with other bound values or an optional
+            # condition is one row at every size
             key = summary(statement)
             st = by_text.setdefault(key, StatementStat(key))
             st.calls += 1
@@ -1235,13 +1235,10 @@ def _growth_of(results: list[SizeResult], name: str) -> float | None:
 
 #: why a sampled or incremental probe can grow with the data, from what its code reads
 WHY_GROWN = {
-    "orphans": "The orphan scan reads a fixed page of chunks in id order through the chunks'"
-    " primary key, fetches each row from the heap (the ids are random, so the page's rows lie on"
-    " about as many heap pages as there are rows once the table is much larger than the page)"
-    " and probes its document id in the documents' primary key: a fixed number of rows, but"
-    " through larger indexes and over a heap spread across more pages, so it touches more"
-    " buffers, part of them from outside shared_buffers, and less of its working set stays in"
-    " the CPU's caches.",
+    "orphans": "The orphan scan reads a range of heap blocks of about a page of chunks in"
+    " physical order (a TID range scan) and probes each chunk's document id in the documents'"
+    " primary key: the heap it reads does not grow with the table, the documents' index does,"
+    " so more of each probe's path lies outside shared_buffers and the CPU's caches.",
     "canary": "The canary's vector_self mode runs the application's similarity query for the"
     " document's owner: the owner's embeddings ranked by distance, with no vector index, so it"
     " reads every embedding of that user, and the heaviest users of the dataset's long tail"

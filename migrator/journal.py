@@ -81,12 +81,12 @@ def require_current(conn: Connection, schema: str) -> None:
         raise JournalError(schema, f"it is at revision {rev}, this uuidguard needs {head()}")
 
 
-@functools.cache
 def table(schema: str, name: str) -> sa.Table:
     """One journal table (runs, id_map, batches, …) of the journal in `schema`."""
     return metadata(schema).tables[f"{schema}.{name}"]
 
 
+@functools.cache
 def metadata(schema: str) -> sa.MetaData:
     """The journal tables as Core objects, for queries (the revisions own the DDL)."""
     md = sa.MetaData(schema=schema)

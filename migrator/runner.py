@@ -362,7 +362,7 @@ def forward_batch(
     none is claimable, Stopped when the run is not running. A batch time changed on the run
     (`uuidguard migrate set`) is applied to `pace` before the batch is sized."""
     schema = settings.journal_schema
-    runs_t = journal.metadata(schema).tables[f"{schema}.runs"]
+    runs_t = journal.table(schema, "runs")
     started = time.monotonic()
     with conn.begin() as tx:
         set_batch_locals(conn, settings, lock_timeout)
@@ -637,7 +637,7 @@ def _failed(
     after three failures in a row halve the batch (the culprit ends up alone), and when a
     single document keeps failing mark the run failed with the reason."""
     schema = settings.journal_schema
-    batches = journal.metadata(schema).tables[f"{schema}.batches"]
+    batches = journal.table(schema, "batches")
     reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
     failures += 1
     with conn.begin():
@@ -665,7 +665,7 @@ def _failed(
 
 def _pending(conn: Connection, settings: Settings, run_id: int, autocommit: bool = True) -> int:
     schema = settings.journal_schema
-    id_map = journal.metadata(schema).tables[f"{schema}.id_map"]
+    id_map = journal.table(schema, "id_map")
     query = sa.select(sa.func.count()).where(id_map.c.run_id == run_id, id_map.c.state == "pending")
     if not autocommit:
         return int(conn.execute(query).scalar_one())
@@ -689,7 +689,7 @@ def rollback(
     `source` says where the command came from in the audit log (cli, api, slack, alert)."""
     actor = actor or journal.default_actor()
     schema = settings.journal_schema
-    batches = journal.metadata(schema).tables[f"{schema}.batches"]
+    batches = journal.table(schema, "batches")
     with db.connect(engine) as conn:
         with conn.begin():
             run = runs.resolve(conn, settings, run_id)
