@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import sys
@@ -164,7 +163,10 @@ def _render(data: dict[str, Any], source: str) -> Group:
                 p["probe"],
                 p["budget"],
                 "yes" if p["fresh"] else "[red]no[/]",
-                json.dumps(p["runs"]),
+                ", ".join(
+                    f"{n:,} {'ok' if result == 'success' else result}"
+                    for result, n in sorted(p["runs"].items())
+                ),
                 p["last_error"] or "",
             )
         parts.append(t)

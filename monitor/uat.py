@@ -90,6 +90,7 @@ def run(
         "run": rid,
         "state": r["state"],
         "rekeyed": int(rekeyed),
+        "per_class": sample,
         "sampled": len(ids),
         "modes": list(settings.probes.canary.modes),
         "ok": all(c["ok"] for c in checks),
@@ -278,8 +279,9 @@ def to_markdown(result: dict[str, Any]) -> str:
     lines = [
         f"# User acceptance — run {result['run']} ({result['state']}): {verdict}",
         "",
-        f"{num(result['rekeyed'])} documents re-keyed; {num(result['sampled'])} sampled per class"
-        f" for the canary modes {', '.join(result['modes'])}.",
+        f"{num(result['rekeyed'])} documents re-keyed; {num(result['sampled'])} sampled (up to"
+        f" {num(result['per_class'])} per class, among those with chunks) for the canary modes"
+        f" {', '.join(result['modes'])}.",
         "",
         table(
             ["check", "checked", "failing", "result"],

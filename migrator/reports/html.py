@@ -57,7 +57,7 @@ def _fmt_axis(v: float) -> str:
     if abs(v) >= 1000:
         return f"{v / 1000:,.3g}k"
     if abs(v) >= 10:
-        return f"{v:,.0f}"
+        return f"{v:,.1f}".removesuffix(".0")
     if abs(v) >= 1:
         return f"{v:,.1f}"
     return f"{v:.3g}"
