@@ -50,6 +50,7 @@ processes are stopped at the end of each way, and every loop has a time bound.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import multiprocessing as mp
 import os
@@ -756,8 +757,10 @@ def uuidguard(
         size=ms.start_batch,
     )
     engine = db.create_engine(s)
+    status_engine = db.create_engine(s)
+    status_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="eta")
+    readings: list[concurrent.futures.Future[tuple[float, float | None, float]]] = []
     results: list[runner.BatchResult] = []
-    etas: list[tuple[float, float | None, float]] = []
     checkpoints = list(ETA_CHECKPOINTS)
     try:
         with profiled(engine) as profile:
@@ -765,6 +768,11 @@ def uuidguard(
             started = time.monotonic()
             deadline = started + budget
             next_log = started + 5
+
+            def read_eta(done_share: float) -> tuple[float, float | None, float]:
+                with status_engine.connect() as sconn:
+                    eta = runs.status(sconn, s, tmpl.run_id)["eta_seconds"]
+                return done_share, eta, time.monotonic()
 
             def on_batch(result: runner.BatchResult) -> None:
                 nonlocal next_log
@@ -776,12 +784,12 @@ def uuidguard(
                 clients.front.value = clients.front.value + result.documents + result.skipped
                 done_share = clients.front.value / len(tmpl.order)
                 if checkpoints and done_share >= checkpoints[0]:
-                    # what `uuidguard migrate status` says at this point, on its own connection
+                    # what `uuidguard migrate status` says at this point: asked from another
+                    # thread on its own engine, as an operator's terminal would, so that the
+                    # reading neither delays the run nor counts in its profile
                     while checkpoints and done_share >= checkpoints[0]:
                         checkpoints.pop(0)
-                    with engine.connect() as sconn:
-                        eta = runs.status(sconn, s, tmpl.run_id)["eta_seconds"]
-                    etas.append((done_share, eta, time.monotonic()))
+                    readings.append(status_pool.submit(read_eta, done_share))
                 now = time.monotonic()
                 if now >= next_log:
                     done = sum(r.documents for r in results)
@@ -806,6 +814,7 @@ def uuidguard(
                     lock_timeout=ms.lock_timeout,
                 )
             seconds = time.monotonic() - started
+        etas = [f.result() for f in readings]
         documents = sum(r.documents for r in results)
         skipped = sum(r.skipped for r in results)
         rows: dict[str, int] = {}
@@ -869,6 +878,8 @@ def uuidguard(
         result.plans = explain_batch(url, s, tmpl, profile, size)
         return result
     finally:
+        status_pool.shutdown(wait=True)
+        status_engine.dispose()
         engine.dispose()
 
 

@@ -212,6 +212,19 @@ def metadata(schema: str) -> sa.MetaData:
         sa.Column("figures", pg.JSONB),
     )
     sa.Table(
+        "probe_results",
+        md,
+        sa.Column("probe", sa.Text, primary_key=True),
+        sa.Column("result", sa.Text),
+        sa.Column("ran_at", ts),
+        sa.Column("seconds", sa.Float),
+        sa.Column("worker", sa.Text),
+        sa.Column("error", sa.Text),
+        sa.Column("last_success_at", ts),
+        sa.Column("samples", pg.JSONB),
+        sa.Column("detail", pg.JSONB),
+    )
+    sa.Table(
         "slack_messages",
         md,
         sa.Column("group_key", sa.Text, primary_key=True),

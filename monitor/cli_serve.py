@@ -10,16 +10,19 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
+import sqlalchemy as sa
 import typer
 from rich.console import Group
 from rich.live import Live
 from rich.table import Table
+from sqlalchemy.engine import Connection
 
-from migrator import db, runs
+from migrator import db, journal, runs
 from migrator import settings as settings_mod
 from migrator.reports.format import duration, num
 from migrator.settings import Settings
 from monitor.cli_common import ConfigOpt, DebugOpt, DsnOpt, err, load, out
+from monitor.store import STALE_AFTER_INTERVALS
 
 
 def serve(
@@ -114,7 +117,8 @@ def status(
                     migration: dict[str, Any] | None = runs.status(conn, s, None)
                 except runs.RunError:
                     migration = None  # no run yet
-            data = {"probes": [], "migration": migration}
+                kept = journaled_probes(conn, s)
+            data = {"probes": kept, "migration": migration}
             source = f"the journal (no daemon answers at {base})"
         return _render(data, source)
 
@@ -128,6 +132,36 @@ def status(
                 live.update(snapshot())
         except KeyboardInterrupt:
             pass
+
+
+def journaled_probes(conn: Connection, s: Settings) -> list[dict[str, Any]]:
+    """The latest result of each probe as the daemon that ran it kept it in the journal, in
+    the shape of /api/v1/status's probes (fresh: within three of the probe's intervals)."""
+    from monitor import migration_probe, probes
+
+    specs = {p.name: p for p in [*probes.probe_specs(s), migration_probe.spec(s)]}
+    t = journal.table(s.journal_schema, "probe_results")
+    rows = conn.execute(
+        sa.select(t, sa.func.extract("epoch", sa.func.now() - t.c.last_success_at).label("age"))
+    ).mappings()
+    kept = []
+    for r in rows:
+        spec = specs.get(r["probe"])
+        age = float(r["age"]) if r["age"] is not None else None
+        limit = STALE_AFTER_INTERVALS * spec.interval.total_seconds() if spec else 0.0
+        result = "ok" if r["result"] == "success" else r["result"]
+        kept.append(
+            {
+                "probe": r["probe"],
+                "budget": spec.budget if spec else "?",
+                "fresh": age is not None and age <= limit,
+                "runs": {},
+                "last": f"{result} at {r['ran_at']:%Y-%m-%d %H:%M:%S} ({r['worker']})",
+                "last_error": r["error"],
+                "detail": r["detail"],
+            }
+        )
+    return sorted(kept, key=lambda p: list(specs).index(p["probe"]) if p["probe"] in specs else 99)
 
 
 def _render(data: dict[str, Any], source: str) -> Group:
@@ -156,14 +190,16 @@ def _render(data: dict[str, Any], source: str) -> Group:
     probes = data.get("probes") or []
     if probes:
         t = Table(title="probes")
-        for col in ("probe", "budget", "fresh", "runs", "last error"):
+        runs_title = "last run" if any(p.get("last") for p in probes) else "runs"
+        for col in ("probe", "budget", "fresh", runs_title, "last error"):
             t.add_column(col)
         for p in probes:
             t.add_row(
                 p["probe"],
                 p["budget"],
                 "yes" if p["fresh"] else "[red]no[/]",
-                ", ".join(
+                p.get("last")
+                or ", ".join(
                     f"{n:,} {'ok' if result == 'success' else result}"
                     for result, n in sorted(p["runs"].items())
                 ),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import os
 import socket
@@ -25,12 +26,13 @@ import sqlalchemy as sa
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.engine import Connection, Engine
 
 from migrator import db, journal
 from migrator.settings import Settings
 from monitor import migration_probe
-from monitor.probing import ProbeContext, ProbeSpec, run_probe
+from monitor.probing import ProbeContext, ProbeOutput, ProbeSpec, run_probe
 from monitor.store import Store
 
 log = logging.getLogger("uuidguard.daemon")
@@ -195,16 +197,59 @@ class Daemon:
             failures = self.store.failure(spec.name, result, message, seconds)
             self._back_off(spec, failures)
             log.warning("probe %s: %s (%s)", spec.name, result, message)
+            self._keep(spec, result, seconds, error=message)
             return
         except Exception as exc:  # a bug in one probe must not stop the others
             seconds = time.monotonic() - started
-            failures = self.store.failure(
-                spec.name, "error", f"{type(exc).__name__}: {exc}", seconds
-            )
+            message = f"{type(exc).__name__}: {exc}"
+            failures = self.store.failure(spec.name, "error", message, seconds)
             self._back_off(spec, failures)
             log.exception("probe %s failed", spec.name)
+            self._keep(spec, "error", seconds, error=message)
             return
         self.store.success(spec.name, out, seconds)
+        self._keep(spec, "success", seconds, output=out)
+
+    def _keep(
+        self,
+        spec: ProbeSpec,
+        result: str,
+        seconds: float,
+        output: ProbeOutput | None = None,
+        error: str | None = None,
+    ) -> None:
+        """The probe's latest result into the journal (probe_results), for readers without a
+        daemon; a failed run keeps the last success's samples. The journal being unreachable
+        costs this row, never the probe."""
+        t = journal.table(self.settings.journal_schema, "probe_results")
+        now = sa.func.now()
+        values: dict[str, Any] = {
+            "probe": spec.name,
+            "result": result,
+            "ran_at": now,
+            "seconds": seconds,
+            "worker": self.worker,
+            "error": error,
+        }
+        if output is not None:
+            values |= {
+                "last_success_at": now,
+                "samples": [
+                    {"metric": x.metric, "value": x.value, "labels": dict(x.labels)}
+                    for x in output.samples
+                ],
+                "detail": json.loads(json.dumps(output.detail, default=str)),
+            }
+        stmt = pg.insert(t).values(values)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[t.c.probe],
+            set_={k: stmt.excluded[k] for k in values if k != "probe"},
+        )
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(stmt)
+        except sa_exc.DBAPIError as exc:
+            log.debug("probe %s: result not journaled (%s)", spec.name, exc)
 
     def _back_off(self, spec: ProbeSpec, failures: int) -> None:
         interval = spec.interval.total_seconds()

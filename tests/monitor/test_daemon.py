@@ -362,3 +362,50 @@ def test_metrics_render_once_per_change_and_drop_stale_values(
         assert len(renders) == 3
     finally:
         d.engine.dispose()
+
+
+def test_latest_probe_results_are_kept_in_the_journal(settings: Settings) -> None:
+    """Each probe run leaves its result in probe_results; a failure keeps the last success's
+    samples; `uuidguard status` without a daemon reads them from there."""
+    from monitor.cli_serve import journaled_probes
+
+    engine, _ = _prepare(settings, "none")
+    failing = {"now": False}
+
+    def flaky(conn: Connection, _s: Settings, _ctx: ProbeContext) -> ProbeOutput:
+        if failing["now"]:
+            raise RuntimeError("broken on purpose")
+        out = ProbeOutput(detail={"checked": 3})
+        out.add("unprocessed_documents", 4.0)
+        return out
+
+    spec = ProbeSpec("unprocessed", timedelta(seconds=60), "full", "flaky", flaky)
+    d = _daemon(settings)
+    d.specs = [spec]
+    d.contexts["unprocessed"] = ProbeContext()
+    d.store = type(d.store)([spec])
+    d.leader.is_leader = True
+    d.scheduler.start(paused=True)
+    d.scheduler.add_job(lambda: None, id="probe:unprocessed")
+    try:
+        d._run(spec)
+        failing["now"] = True
+        d._run(spec)
+    finally:
+        d.scheduler.shutdown(wait=False)
+        d.engine.dispose()
+    with engine.connect() as conn:
+        row = (
+            conn.execute(
+                sa.text("SELECT * FROM uuidguard.probe_results WHERE probe = 'unprocessed'")
+            )
+            .mappings()
+            .one()
+        )
+        kept = journaled_probes(conn, settings)
+    assert row["result"] == "error" and "broken on purpose" in row["error"]
+    assert row["samples"] == [{"metric": "unprocessed_documents", "value": 4.0, "labels": {}}]
+    assert row["detail"] == {"checked": 3} and row["last_success_at"] is not None
+    (p,) = kept
+    assert p["probe"] == "unprocessed" and p["fresh"] is True
+    assert p["last"].startswith("error at ") and "broken on purpose" in p["last_error"]
