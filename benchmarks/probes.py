@@ -190,19 +190,32 @@ def scrape(
 
     def worker(i: int) -> None:
         try:
-            with httpx.Client(timeout=SCRAPE_TIMEOUT) as client:
-                client.get(url)
-                start.wait()
-                for _ in range(per_scraper):
-                    t0 = time.perf_counter()
-                    response = client.get(url)
-                    latencies[i].append(time.perf_counter() - t0)
-                    if response.status_code != 200 or needle not in response.content:
-                        bad[i] += 1
-                    sizes.append(len(response.content))
+            client = httpx.Client(timeout=SCRAPE_TIMEOUT)
+            client.get(url)
+            start.wait()
         except (httpx.HTTPError, threading.BrokenBarrierError) as exc:
             errors.append(f"scraper {i}: {type(exc).__name__}: {exc}")
             start.abort()
+            return
+        try:
+            for _ in range(per_scraper):
+                t0 = time.perf_counter()
+                try:
+                    response = client.get(url)
+                except httpx.HTTPError:
+                    # an overloaded server drops the connection: a failed scrape (counted as
+                    # bad, with the time it took to fail), and the scraper reconnects
+                    latencies[i].append(time.perf_counter() - t0)
+                    bad[i] += 1
+                    client.close()
+                    client = httpx.Client(timeout=SCRAPE_TIMEOUT)
+                    continue
+                latencies[i].append(time.perf_counter() - t0)
+                if response.status_code != 200 or needle not in response.content:
+                    bad[i] += 1
+                sizes.append(len(response.content))
+        finally:
+            client.close()
 
     threads = [
         threading.Thread(target=worker, args=(i,), name=f"scraper-{i}") for i in range(scrapers)
@@ -1115,7 +1128,9 @@ def metrics_section(m: MetricsResult, opts: argparse.Namespace) -> list[str]:
 
 def targets(results: list[SizeResult], m: MetricsResult | None) -> list[str]:
     rows: list[tuple[str, str, bool]] = []
-    first, last = results[0], results[-1]
+    # the target compares the two largest sizes (the 1M and 5M chunks) when there are
+    # three or more; with two, the only pair
+    first, last = results[-2] if len(results) > 2 else results[0], results[-1]
     if len(results) > 1:
         for name in first.after:
             lo = statistics.median(first.after[name])
