@@ -65,9 +65,7 @@ def retrieval_stmt(settings: Settings, mt: tables_mod.MappedTables) -> sa.Select
     document joined to its owner's chunks and, where mapped, their embeddings; top_k rows."""
     m = settings.mapping
     d, ch = mt.documents, mt.chunks
-    uuid_mode = d.is_uuid(m.documents.id) and all(
-        t.types.get(ref.column) == "uuid" for ref, t in mt.references
-    )
+    uuid_mode = tables_mod.uuid_keys(settings, mt)
 
     def key(col: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
         return ruleids.key_expr(col, uuid_mode)
@@ -75,9 +73,7 @@ def retrieval_stmt(settings: Settings, mt: tables_mod.MappedTables) -> sa.Select
     doc_key = key(d.c(m.documents.id))
     on = [key(ch.c(m.chunks.document_id)) == doc_key]
     if m.chunks.user_id is not None:
-        on.append(
-            sa.cast(ch.c(m.chunks.user_id), sa.Text) == sa.cast(d.c(m.documents.user_id), sa.Text)
-        )
+        on.append(tables_mod.same_owner(ch, m.chunks.user_id, d, m.documents.user_id))
     joined = d.table.join(ch.table, sa.and_(*on))
     e, em = mt.embeddings, m.embeddings
     if e is not None and em is not None and em.chunk_id is not None:

@@ -171,3 +171,17 @@ def reflect(conn: Connection, settings: Settings) -> MappedTables:
             cols.append((f"{key}.grantee_column", ref.grantee_column))
         references.append((ref, _build(conn, metadata, schema, ref.table, f"{key}.table", cols)))
     return MappedTables(documents, chunks, embeddings, references, vector_type)
+
+
+def uuid_keys(settings: Settings, mt: MappedTables) -> bool:
+    """Whether every document id column is a uuid (compared as is, index-friendly)."""
+    return mt.documents.is_uuid(settings.mapping.documents.id) and all(
+        t.types.get(ref.column) == "uuid" for ref, t in mt.references
+    )
+
+
+def same_owner(a: MappedTable, a_col: str, b: MappedTable, b_col: str) -> sa.ColumnElement[bool]:
+    """Owner columns compared as they are, or as text where their types differ."""
+    if a.types.get(a_col) == b.types.get(b_col):
+        return a.c(a_col) == b.c(b_col)
+    return sa.cast(a.c(a_col), sa.Text) == sa.cast(b.c(b_col), sa.Text)

@@ -282,28 +282,12 @@ def _quoted(conn: Connection, name: str) -> str:
     return conn.dialect.identifier_preparer.quote(name)
 
 
-def uuid_keys(settings: Settings, mt: tables_mod.MappedTables) -> bool:
-    """Whether every document id column is a uuid (compared as is, index-friendly)."""
-    return mt.documents.is_uuid(settings.mapping.documents.id) and all(
-        t.types.get(ref.column) == "uuid" for ref, t in mt.references
-    )
-
-
-def same_owner(
-    a: tables_mod.MappedTable, a_col: str, b: tables_mod.MappedTable, b_col: str
-) -> sa.ColumnElement[bool]:
-    """Owner columns compared as they are, or as text where their types differ."""
-    if a.types.get(a_col) == b.types.get(b_col):
-        return a.c(a_col) == b.c(b_col)
-    return sa.cast(a.c(a_col), sa.Text) == sa.cast(b.c(b_col), sa.Text)
-
-
 def _structural(
     conn: Connection, settings: Settings, mt: tables_mod.MappedTables, targets: list[Target]
 ) -> list[CanaryResult]:
     m = settings.mapping
     d, ch = mt.documents, mt.chunks
-    uuid_mode = uuid_keys(settings, mt)
+    uuid_mode = tables_mod.uuid_keys(settings, mt)
 
     def key(col: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
         return ruleids.key_expr(col, uuid_mode)
@@ -311,7 +295,7 @@ def _structural(
     doc_key = key(d.c(m.documents.id))
     chunk_conds = [key(ch.c(m.chunks.document_id)) == doc_key]
     if m.chunks.user_id is not None:
-        chunk_conds.append(same_owner(ch, m.chunks.user_id, d, m.documents.user_id))
+        chunk_conds.append(tables_mod.same_owner(ch, m.chunks.user_id, d, m.documents.user_id))
     reach: sa.ColumnElement[bool]
     e, em = mt.embeddings, m.embeddings
     if e is not None and em is not None and em.chunk_id is not None:
@@ -364,7 +348,7 @@ def _vector_self(
             f"the embeddings column {em.vector} is of type {vtype}, neither a pgvector type "
             "nor an array of numbers",
         )
-    uuid_mode = uuid_keys(settings, mt)
+    uuid_mode = tables_mod.uuid_keys(settings, mt)
 
     def key(col: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
         return ruleids.key_expr(col, uuid_mode)
@@ -429,7 +413,7 @@ def similarity_stmt(
     m = settings.mapping
     e, em, d = mt.embeddings, m.embeddings, mt.documents
     assert e is not None and em is not None and em.vector is not None
-    uuid_mode = uuid_keys(settings, mt)
+    uuid_mode = tables_mod.uuid_keys(settings, mt)
     q_t = e.table.alias("canary_query")
     q = (
         sa.select(q_t.c[em.vector].label("v"))
@@ -484,7 +468,7 @@ def _http(
     headers = {"Accept": "application/json"}
     if cs.http_token is not None:
         headers["Authorization"] = f"Bearer {cs.http_token.get_secret_value()}"
-    uuid_mode = uuid_keys(settings, mt)
+    uuid_mode = tables_mod.uuid_keys(settings, mt)
     own = client or httpx.Client(timeout=cs.http_timeout.total_seconds())
     out = []
     try:

@@ -185,7 +185,7 @@ def latency(conn: Connection, settings: Settings, ctx: ProbeContext) -> ProbeOut
     """One document at a random point of the primary key and up to top_k of its chunks."""
     mt = tables_mod.reflect(conn, settings)
     d, ch, m = mt.documents, mt.chunks, settings.mapping
-    uuid_mode = canary.uuid_keys(settings, mt)
+    uuid_mode = tables_mod.uuid_keys(settings, mt)
     doc_key = ruleids.key_expr(d.c(m.documents.id), uuid_mode)
     point = str(uuid.UUID(int=_rng(ctx).getrandbits(128)))
     chunks = (
@@ -244,7 +244,7 @@ def consistency(
     if not targets:
         return {}
     m = settings.mapping
-    uuid_mode = canary.uuid_keys(settings, mt)
+    uuid_mode = tables_mod.uuid_keys(settings, mt)
     key_type: sa.types.TypeEngine[Any] = pg.UUID(as_uuid=False) if uuid_mode else sa.Text()
 
     def key(col: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
@@ -408,7 +408,7 @@ def orphans(conn: Connection, settings: Settings, ctx: ProbeContext) -> ProbeOut
     page_size = settings.probes.orphan_scan_page
     mt = tables_mod.reflect(conn, settings)
     d, ch, m = mt.documents, mt.chunks, settings.mapping
-    uuid_mode = canary.uuid_keys(settings, mt)
+    uuid_mode = tables_mod.uuid_keys(settings, mt)
     state = ctx.state.setdefault(
         "orphans",
         {"block": 0, "per_block": None, "rows": 0, "orphans": 0, "last": None, "cycles": 0},
@@ -557,7 +557,7 @@ def integrity(conn: Connection, settings: Settings, ctx: ProbeContext) -> ProbeO
     mt = tables_mod.reflect(conn, settings)
     m = settings.mapping
     d, ch = mt.documents, mt.chunks
-    uuid_mode = canary.uuid_keys(settings, mt)
+    uuid_mode = tables_mod.uuid_keys(settings, mt)
 
     def key(col: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
         return ruleids.key_expr(col, uuid_mode)
@@ -592,7 +592,7 @@ def integrity(conn: Connection, settings: Settings, ctx: ProbeContext) -> ProbeO
         )
         found.append(("document_mismatch", f"{em.table}.{em.document_id}", n))
     if m.chunks.user_id is not None:
-        owner = canary.same_owner(ch, m.chunks.user_id, d, m.documents.user_id)
+        owner = tables_mod.same_owner(ch, m.chunks.user_id, d, m.documents.user_id)
         n = count(
             sa.select(sa.func.count())
             .select_from(ch.table.join(d.table, doc_key == key(ch.c(m.chunks.document_id))))
