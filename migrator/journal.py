@@ -264,7 +264,7 @@ def audit(
     source: str = "cli",
 ) -> None:
     """Record who did what, in the caller's transaction (it commits with the change)."""
-    t = metadata(schema).tables[f"{schema}.audit"]
+    t = table(schema, "audit")
     conn.execute(
         sa.insert(t).values(
             actor=actor or default_actor(),
@@ -274,3 +274,24 @@ def audit(
             detail=json.loads(json.dumps(detail or {}, default=str)),
         )
     )
+
+
+def audit_trail(conn: Connection, schema: str, run_id: int) -> list[dict[str, Any]]:
+    """A run's audit rows in order: when (a datetime), action, actor, source, and the state
+    and reason its detail names, if any."""
+    t = table(schema, "audit")
+    return [
+        {
+            "at": r.at,
+            "action": r.action,
+            "actor": r.actor,
+            "source": r.source,
+            "state": (r.detail or {}).get("state"),
+            "reason": (r.detail or {}).get("reason"),
+        }
+        for r in conn.execute(
+            sa.select(t.c.at, t.c.action, t.c.actor, t.c.source, t.c.detail)
+            .where(t.c.run_id == run_id)
+            .order_by(t.c.at, t.c.id)
+        )
+    ]

@@ -184,31 +184,16 @@ def build(
         "recipients": [
             {"segment": seg, **u} for seg in ("notice", "restored", "action") for u in segments[seg]
         ],
-        "timeline": _timeline(conn, settings, rid),
+        "timeline": [
+            {**e, "at": e["at"].isoformat(timespec="seconds")}
+            for e in journal.audit_trail(conn, settings.journal_schema, rid)
+        ],
     }
 
 
 def _add(files: list[str], filename: str) -> None:
     if len(files) < FILENAMES and filename not in files:
         files.append(filename)
-
-
-def _timeline(conn: Connection, settings: Settings, rid: int) -> list[dict[str, Any]]:
-    audit = journal.table(settings.journal_schema, "audit")
-    return [
-        {
-            "at": r.at.isoformat(timespec="seconds"),
-            "action": r.action,
-            "actor": r.actor,
-            "state": (r.detail or {}).get("state"),
-            "reason": (r.detail or {}).get("reason"),
-        }
-        for r in conn.execute(
-            sa.select(audit.c.at, audit.c.action, audit.c.actor, audit.c.detail)
-            .where(audit.c.run_id == rid)
-            .order_by(audit.c.at, audit.c.id)
-        )
-    ]
 
 
 def environment(templates: Path | None) -> jinja2.Environment:

@@ -178,23 +178,10 @@ def _classes(conn: Connection, settings: Settings, rid: int) -> dict[str, dict[s
 
 def _timeline(conn: Connection, settings: Settings, rid: int) -> dict[str, Any]:
     """State changes and commands (audit), throttle waits by reason, rollbacks, alerts."""
-    audit, waits, alerts = (
-        journal.table(settings.journal_schema, n) for n in ("audit", "waits", "alert_events")
-    )
+    waits, alerts = (journal.table(settings.journal_schema, n) for n in ("waits", "alert_events"))
     events = [
-        {
-            "at": r.at.isoformat(),
-            "action": r.action,
-            "actor": r.actor,
-            "source": r.source,
-            "state": (r.detail or {}).get("state"),
-            "reason": (r.detail or {}).get("reason"),
-        }
-        for r in conn.execute(
-            sa.select(audit.c.at, audit.c.action, audit.c.actor, audit.c.source, audit.c.detail)
-            .where(audit.c.run_id == rid)
-            .order_by(audit.c.at, audit.c.id)
-        )
+        {**e, "at": e["at"].isoformat()}
+        for e in journal.audit_trail(conn, settings.journal_schema, rid)
     ]
     by_reason = [
         {
