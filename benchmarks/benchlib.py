@@ -74,6 +74,22 @@ def server(dsn: str | None, state_dir: Path | None) -> Iterator[str]:
             shutil.rmtree(state, ignore_errors=True)
 
 
+def reconfigure(admin_url: str, settings: dict[str, str]) -> None:
+    """Set server parameters of the embedded server behind `admin_url` (ALTER SYSTEM) and
+    restart it, for parameters such as shared_buffers that need a restart."""
+    host = make_url(admin_url).query.get("host")
+    if not isinstance(host, str):
+        raise BenchmarkError("only the embedded server can be reconfigured")
+    state = Path(host).parent  # the embedded server's socket directory is its data directory
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        for name, value in settings.items():
+            conn.execute(
+                sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value))
+            )
+    embedded.stop(state)
+    embedded.ensure_running(state)
+
+
 def with_database(url: str, name: str) -> str:
     return make_url(url).set(database=name).render_as_string(hide_password=False)
 

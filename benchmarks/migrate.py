@@ -52,6 +52,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
+import functools
 import multiprocessing as mp
 import os
 import random
@@ -79,6 +80,7 @@ from benchlib import (
     log,
     machine,
     percentile,
+    reconfigure,
     server,
     verdict,
     write_section,
@@ -173,7 +175,10 @@ def _client(
                     lo = max(0, min(int(front.value), len(targets) - window))
                     target = targets[rng.randrange(lo, min(lo + window, len(targets)))]
                 else:
-                    target = rng.choice(targets)
+                    # the same reads in the same order, idle and during the migration: the
+                    # reads' own costs differ 10x (owners with many documents), and drawn at
+                    # random they made the p99s of two idle windows differ by a third
+                    target = targets[len(samples) % len(targets)]
                 t0 = time.monotonic()
                 cur = conn.execute(query, target)
                 if cur.description is not None:
@@ -349,6 +354,15 @@ class BatchProfile:
         return sum(s.seconds for s in self.statements.values())
 
 
+@functools.cache
+def _code_place(filename: str) -> tuple[bool, str | None]:
+    """Whether a code object's file is runner.py, and the module name when it is in migrator/.
+    Cached: resolving a path for every frame of every statement cost about 8% of the measured
+    run's wall time (py-spy), which the profile then reported as uuidguard's own."""
+    path = Path(filename).resolve()
+    return path == _RUNNER, path.stem if path.parent == _RUNNER.parent else None
+
+
 def _where_in_batch() -> str | None:
     """`runner.py:<line>` of the forward_batch line that sent the current statement (and the
     migrator/ helper it went through), else None."""
@@ -356,11 +370,11 @@ def _where_in_batch() -> str | None:
     inner: str | None = None
     while frame is not None:
         code = frame.f_code
-        path = Path(code.co_filename).resolve()
-        if path == _RUNNER and code.co_name == "forward_batch":
+        is_runner, module = _code_place(code.co_filename)
+        if is_runner and code.co_name == "forward_batch":
             return f"runner.py:{frame.f_lineno}" + (f" via {inner}" if inner else "")
-        if inner is None and path.parent == _RUNNER.parent:
-            inner = f"{path.stem}.{code.co_name}" if path != _RUNNER else code.co_name
+        if inner is None and module is not None:
+            inner = code.co_name if is_runner else f"{module}.{code.co_name}"
         frame = frame.f_back
     return None
 
@@ -586,6 +600,16 @@ class WayResult:
         return self.rollback_documents / self.rollback_seconds
 
 
+@dataclass
+class ConfigResult:
+    """The three ways on one server configuration."""
+
+    #: the shared_buffers the embedded server ran with; None: a --dsn server as it is
+    shared_buffers: str | None
+    pg_settings: str
+    results: dict[str, WayResult]
+
+
 def _refs(s: settings_mod.Settings) -> list[tuple[str, str]]:
     return [(r.table, r.column) for r in s.reference_columns()]
 
@@ -636,6 +660,23 @@ def _check_rows(way: str, rows: dict[str, int], before: dict[str, int]) -> None:
         raise BenchmarkError(f"{way} rewrote {rows}; the old ids were on {before}")
 
 
+def blocks_read(url: str, s: settings_mod.Settings) -> tuple[int, int]:
+    """Heap and index blocks of the mapped tables that PostgreSQL had to read from outside its
+    buffer cache since the database was created (pg_statio_user_tables)."""
+    m = s.mapping
+    tables = [m.documents.table, *{t for t, _ in _refs(s)}]
+    with psycopg.connect(url, autocommit=True) as conn:
+        heap, idx = conn.execute(
+            "SELECT coalesce(sum(heap_blks_read), 0), coalesce(sum(idx_blks_read), 0)"
+            " FROM pg_statio_user_tables WHERE schemaname = %s AND relname = ANY(%s)",
+            (m.schema_, tables),
+        ).fetchone() or (0, 0)
+    return int(heap), int(idx)
+
+
+FLUSH_STATS = "SELECT pg_stat_force_next_flush()"
+
+
 def ceiling(url: str, s: settings_mod.Settings, tmpl: Template, clients: Clients) -> WayResult:
     """(a): the mapping in a temporary table, then one UPDATE per table in one transaction."""
     m = s.mapping
@@ -679,6 +720,8 @@ def ceiling(url: str, s: settings_mod.Settings, tmpl: Template, clients: Clients
         conn.commit()
         detail["COMMIT"] = time.monotonic() - t0
         seconds = time.monotonic() - started
+        conn.execute(FLUSH_STATS)
+        conn.commit()
     documents = rows[f"{m.documents.table}.{m.documents.id}"]
     if documents != len(tmpl.order):
         raise BenchmarkError(f"the ceiling re-keyed {documents} of {len(tmpl.order)} documents")
@@ -863,6 +906,12 @@ def uuidguard(
             if any(prefix.values()):
                 raise BenchmarkError(f"uuidguard: {prefix} rows still on an old id of its prefix")
 
+        with engine.connect() as fconn:  # the pool's one connection, the run's
+            fconn.execute(sa.text(FLUSH_STATS))
+            fconn.commit()
+        time.sleep(0.2)
+        result.detail["heap_blocks_read"], result.detail["index_blocks_read"] = blocks_read(url, s)
+
         # the rollback: the writer now follows the end of the list, which is undone first
         clients.front.value = max(0, documents - 1)
         t0 = time.monotonic()
@@ -990,7 +1039,7 @@ def run_way(
     ctx = mp.get_context("spawn")
     rng = random.Random(7)
     writer_targets = [(user, sha) for _, _, user, sha in tmpl.order]
-    reader_targets = rng.sample(writer_targets, min(len(writer_targets), 5000))
+    reader_targets = rng.sample(writer_targets, min(len(writer_targets), opts.reader_documents))
     t0 = time.perf_counter()
     with database(admin_url, f"bench_migrate_{way}_{os.getpid()}", template=tmpl_name) as url:
         tmpl.copy_seconds.append(time.perf_counter() - t0)
@@ -999,6 +1048,7 @@ def run_way(
         before = _counts(url, s, [old for old, _, _, _ in tmpl.order])
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("CHECKPOINT")
+        heap0, idx0 = blocks_read(url, s)
         with Clients(ctx, url, writer_targets, reader_targets, opts) as clients:
             idle_start = clients.ready_at
             time.sleep(opts.idle_seconds)
@@ -1008,6 +1058,14 @@ def run_way(
                 result = naive(url, s, tmpl, clients, opts.naive_seconds)
             else:
                 result = uuidguard(url, s, tmpl, clients, opts.uuidguard_seconds, before)
+        if way == "ceiling":
+            time.sleep(0.2)
+            result.detail["heap_blocks_read"], result.detail["index_blocks_read"] = blocks_read(
+                url, s
+            )
+        for key, base in (("heap_blocks_read", heap0), ("index_blocks_read", idx0)):
+            if key in result.detail:
+                result.detail[key] -= base
         if way == "ceiling":
             check_moved(url, s, tmpl, before, back=False)
             _check_rows(way, result.rows, before)
@@ -1064,7 +1122,7 @@ def _msf(value: float) -> str:
 
 def render(
     tmpl: Template,
-    results: dict[str, WayResult],
+    configs: list[ConfigResult],
     info: dict[str, str],
     command: str,
     opts: argparse.Namespace,
@@ -1072,8 +1130,14 @@ def render(
     total_seconds: float,
 ) -> str:
     now = datetime.now(UTC)
-    where = "embedded server, default settings" if embedded_server else "server given by --dsn"
-    a, b, c = results["ceiling"], results["naive"], results["uuidguard"]
+    where = (
+        "embedded server, default settings but shared_buffers, which each run below sets"
+        if embedded_server
+        else f"server given by --dsn: {configs[0].pg_settings}"
+    )
+    # the descriptions of the ways speak of the first configuration's runs
+    results = configs[0].results
+    b, c = results["naive"], results["uuidguard"]
     ms = settings_mod.MigrateSettings()
     n = len(tmpl.order)
     classes = ", ".join(f"{k} {v:,}" for k, v in sorted(tmpl.by_class.items()))
@@ -1082,7 +1146,7 @@ def render(
         "",
         f"- Date: {now:%Y-%m-%d %H:%M} UTC",
         f"- Machine: {info['cpus']} CPUs (`nproc`), {info['cpu']}, {info['memory']} memory",
-        f"- PostgreSQL {info['postgres']} ({where}: {info['pg_settings']})",
+        f"- PostgreSQL {info['postgres']} ({where})",
         f"- Code: commit {info['revision']}",
         "- Reproduce (from the project root):",
         "",
@@ -1138,9 +1202,38 @@ def render(
         f" picks its document among the next {opts.writer_window:,} the migration will re-key (it"
         " follows the migration's progress, so it keeps running into rows a batch holds; for (a)"
         " the first ones, all locked from the documents UPDATE to the commit), and a **reader**"
-        " fetching a random re-keyed document (out of 5,000) with its chunks by owner and sha"
-        " (`documents JOIN document_chunks ON document_id = id`). The longest writer UPDATE is the"
-        " longest a writer waited for a lock.",
+        f" fetching re-keyed documents with their chunks by owner and sha (`documents JOIN"
+        f" document_chunks ON document_id = id`), {opts.reader_documents:,} of them drawn once,"
+        " read in one fixed cycle, so that the idle window and the migration's window read the"
+        " same documents in the same mix (their costs differ tenfold: owners with many"
+        " documents). The longest writer UPDATE is the longest a writer waited for a lock.",
+        "",
+    ]
+    for cfg in configs:
+        out += config_section(cfg, tmpl)
+    if len(configs) > 1:
+        out += cache_effect(configs)
+    first = configs[0].results
+    where = (
+        f"shared_buffers {configs[0].shared_buffers}"
+        if configs[0].shared_buffers
+        else "the server as given"
+    )
+    out += limits(first["uuidguard"], first["ceiling"], where)
+    out += ["", f"The whole benchmark took {total_seconds / 60:.1f} min."]
+    return "\n".join(out) + "\n"
+
+
+def config_section(cfg: ConfigResult, tmpl: Template) -> list[str]:
+    """One server configuration's table, rollback and targets."""
+    results = cfg.results
+    a, c = results["ceiling"], results["uuidguard"]
+    title = f"shared_buffers {cfg.shared_buffers}" if cfg.shared_buffers else "the server as given"
+    out = [
+        "",
+        f"### {title}",
+        "",
+        f"Settings: {cfg.pg_settings}.",
         "",
         "| way | documents | rows rewritten | seconds | documents/s | rows/s"
         " | (c) ÷ this (documents/s) | transactions | batch p50 | batch p99 | batch max"
@@ -1180,12 +1273,12 @@ def render(
         ),
     ]
     if a.detail:
-        parts = ", ".join(f"{k} {v:.2f} s" for k, v in a.detail.items())
+        parts = ", ".join(
+            f"{k} {v:.2f} s" for k, v in a.detail.items() if not k.endswith("_blocks_read")
+        )
         out += ["", f"The ceiling's transaction, statement by statement: {parts}."]
-    out += ["", "### Targets", "", *targets(results, tmpl), ""]
-    out += limits(c, a)
-    out += ["", f"The whole benchmark took {total_seconds / 60:.1f} min."]
-    return "\n".join(out) + "\n"
+    out += ["", "#### Targets", "", *targets(results, tmpl)]
+    return out
 
 
 def _rows(results: dict[str, WayResult]) -> str:
@@ -1317,7 +1410,50 @@ def eta_errors(c: WayResult) -> list[tuple[float, float, float, float]]:
     return out
 
 
-def limits(c: WayResult, a: WayResult) -> list[str]:
+def _per_document(r: WayResult, key: str) -> str:
+    value = r.detail.get(key)
+    return f"{value / r.documents:.2f}" if value is not None and r.documents else "—"
+
+
+def cache_effect(configs: list[ConfigResult]) -> list[str]:
+    """How the buffer cache's size moves (c) against (a): blocks of the mapped tables read from
+    outside it, per document re-keyed (pg_statio_user_tables, forward run only)."""
+    rows = []
+    for cfg in configs:
+        a, c = cfg.results["ceiling"], cfg.results["uuidguard"]
+        ratio = c.docs_per_second / a.docs_per_second if a.docs_per_second else None
+        cells = [
+            f"{_per_document(r, 'index_blocks_read')} | {_per_document(r, 'heap_blocks_read')}"
+            for r in (a, c)
+        ]
+        rows.append(f"| {cfg.shared_buffers} | {_ratio(ratio)} | {' | '.join(cells)} |")
+    return [
+        "",
+        "### What the buffer cache does to the comparison",
+        "",
+        "The same dataset and run on both configurations. Blocks of the mapped tables (heap, and"
+        " their indexes) that PostgreSQL read from outside its buffer cache during each forward"
+        " run, per document re-keyed (pg_statio_user_tables, flushed after the run):",
+        "",
+        "| shared_buffers | (c) ÷ (a) | (a) index blocks read per document | (a) heap"
+        " | (c) index blocks read per document | (c) heap |",
+        "|---|---:|---:|---:|---:|---:|",
+        *rows,
+        "",
+        "Every updated row inserts into every index of its table (document_id is indexed, so no"
+        " update is HOT), and three of those indexes are keyed by random uuids (the two primary"
+        " keys and `embeddings.chunk_id`): each batch touches about a third of their leaf pages."
+        " When they do not fit in the cache beside the heap pages the batches read through them,"
+        " each batch reads back most of what the previous ones pushed out, and writes it again"
+        " dirty. The ceiling reads the heap with sequential scans, which PostgreSQL gives a small"
+        " ring of buffers of their own, so its index pages stay cached for its one pass. The"
+        " smaller cache is what a production database much larger than its shared_buffers"
+        " looks like; the larger one is a database whose indexes fit in memory.",
+        "",
+    ]
+
+
+def limits(c: WayResult, a: WayResult, where: str) -> list[str]:
     p = c.profile
     if p is None or not c.batches:
         return []
@@ -1336,7 +1472,7 @@ def limits(c: WayResult, a: WayResult) -> list[str]:
     )
     between = c.seconds - batch_total
     lines = [
-        "### What limits uuidguard's batches",
+        f"### What limits uuidguard's batches ({where})",
         "",
         f"The pace settled at a median of {percentile([float(x) for x in steady], 50) or 0:,.0f}"
         f" documents per batch over the second half of the run (first batch {sizes[0]}, largest"
@@ -1486,8 +1622,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--idle-seconds",
         type=float,
-        default=5.0,
+        default=10.0,
         help="the clients' idle baseline before each migration (default: %(default)s)",
+    )
+    p.add_argument(
+        "--reader-documents",
+        type=int,
+        default=400,
+        help="the reader cycles through this many re-keyed documents, in one fixed order"
+        " (default: %(default)s)",
     )
     p.add_argument(
         "--client-interval",
@@ -1510,6 +1653,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--dsn", default=None, help="use this PostgreSQL server instead of an embedded one"
     )
+    p.add_argument(
+        "--shared-buffers",
+        default="128MB,1GB",
+        help="the embedded server's shared_buffers, one run of the three ways for each, the first"
+        " one's profile explained (default: %(default)s: the server's own default, then a cache"
+        " that holds the mapped tables' indexes)",
+    )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the Markdown file to update")
     p.add_argument(
         "--no-write", action="store_true", help="print the section instead of writing it"
@@ -1519,10 +1669,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         p.error("--documents must be at least 100")
     if min(opts.naive_seconds, opts.uuidguard_seconds, opts.idle_seconds) <= 0:
         p.error("the time boxes must be positive")
-    if opts.client_interval < 0 or opts.writer_window < 1:
-        p.error("--client-interval must be ≥ 0 and --writer-window ≥ 1")
+    if opts.client_interval < 0 or opts.writer_window < 1 or opts.reader_documents < 1:
+        p.error("--client-interval must be ≥ 0, --writer-window and --reader-documents ≥ 1")
     if opts.state_dir is not None and opts.dsn is not None:
         p.error("--state-dir and --dsn exclude each other")
+    opts.shared_buffers = [v.strip() for v in opts.shared_buffers.split(",") if v.strip()]
+    if not opts.shared_buffers:
+        p.error("--shared-buffers needs at least one value, e.g. 128MB")
     if opts.state_dir is not None and opts.state_dir.resolve() in {
         (d / ".uuidguard").resolve() for d in (Path.cwd(), ROOT)
     }:
@@ -1539,7 +1692,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, interrupted)
     command = shlex.join([".venv/bin/python", "benchmarks/migrate.py", *args])
     started = time.perf_counter()
-    results: dict[str, WayResult] = {}
+    configs: list[ConfigResult] = []
     try:
         with server(opts.dsn, opts.state_dir) as admin_url:
             info = machine(admin_url, PG_SETTINGS)
@@ -1547,8 +1700,15 @@ def main(argv: list[str] | None = None) -> int:
             tmpl_name = f"bench_migrate_tmpl_{os.getpid()}"
             with database(admin_url, tmpl_name) as tmpl_url:
                 tmpl = prepare_template(tmpl_url, opts)
-                for way in WAYS:
-                    results[way] = run_way(way, admin_url, tmpl_name, tmpl, opts)
+                for shared_buffers in [None] if opts.dsn else opts.shared_buffers:
+                    if shared_buffers is not None:
+                        reconfigure(admin_url, {"shared_buffers": shared_buffers})
+                        log(f"embedded server restarted with shared_buffers {shared_buffers}")
+                    results: dict[str, WayResult] = {}
+                    for way in WAYS:
+                        results[way] = run_way(way, admin_url, tmpl_name, tmpl, opts)
+                    cfg_info = machine(admin_url, PG_SETTINGS)
+                    configs.append(ConfigResult(shared_buffers, cfg_info["pg_settings"], results))
     except (BenchmarkError, UuidguardError) as exc:
         log(f"FAILED: {exc}")
         return 1
@@ -1557,7 +1717,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     total = time.perf_counter() - started
     section = render(
-        tmpl, results, info, command, opts, embedded_server=opts.dsn is None, total_seconds=total
+        tmpl, configs, info, command, opts, embedded_server=opts.dsn is None, total_seconds=total
     )
     if opts.no_write:
         print(section)

@@ -154,7 +154,9 @@ def _rate(conn: Connection, settings: Settings, now: datetime, seconds: float) -
         started = time.monotonic()
         while time.monotonic() - started < seconds:
             t0 = time.monotonic()
-            result = runner.apply_batch(conn, settings, p, run_id, pace.size, "plan", t0)
+            result = runner.apply_batch(
+                conn, settings, p, run_id, pace.size, "plan", t0, clear=True
+            )
             if result is None:
                 break
             took = time.monotonic() - t0

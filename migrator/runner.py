@@ -64,16 +64,20 @@ class WorkerError(UuidguardError):
 
 @dataclass
 class Plan:
-    """What the engine needs to know about the schema, read once per worker."""
+    """What the engine needs to know about the schema, read once per worker, and the forward
+    batch's statements, built from it once (their parameters are bound per batch)."""
 
     tables: tables_mod.MappedTables
     fks: dict[int, catalog.ForeignKey | None]
+    settings: Settings
     copy_documents: bool = field(init=False)
+    sql: Statements = field(init=False)
 
     def __post_init__(self) -> None:
         self.copy_documents = any(
             fk is not None and fk.strategy == "copy" for fk in self.fks.values()
         )
+        self.sql = Statements(self)
 
 
 @dataclass(frozen=True)
@@ -93,17 +97,29 @@ class BatchResult:
 
 
 def plan(conn: Connection, settings: Settings) -> Plan:
-    return Plan(tables_mod.reflect(conn, settings), catalog.strategies(conn, settings))
+    return Plan(tables_mod.reflect(conn, settings), catalog.strategies(conn, settings), settings)
+
+
+_BATCH_DDL = sa.text(
+    f"CREATE TEMPORARY TABLE IF NOT EXISTS {BATCH} (old_id uuid PRIMARY KEY,"
+    " new_id uuid NOT NULL UNIQUE) ON COMMIT DELETE ROWS"
+)
+#: the batch table: old and new id of each document of the batch; its UNIQUE new_id makes a
+#: batch that would give two documents one id fail instead of merging them
+_BATCH_T = sa.table(BATCH, sa.column("old_id"), sa.column("new_id"))
 
 
 def _batch_table(conn: Connection) -> sa.TableClause:
-    conn.execute(
-        sa.text(
-            f"CREATE TEMPORARY TABLE IF NOT EXISTS {BATCH} (old_id uuid PRIMARY KEY,"
-            " new_id uuid NOT NULL UNIQUE) ON COMMIT DELETE ROWS"
-        )
-    )
-    return sa.table(BATCH, sa.column("old_id"), sa.column("new_id"))
+    """The session's batch table, created once per database session: a transaction that
+    created it and committed marks the connection (`_batch_table_kept`), a rolled-back one
+    leaves it unmarked, and a new session after a lost connection starts unmarked."""
+    if not conn.info.get(BATCH):
+        conn.execute(_BATCH_DDL)
+    return _BATCH_T
+
+
+def _batch_table_kept(conn: Connection) -> None:
+    conn.info[BATCH] = True
 
 
 def _journal(md: sa.MetaData, schema: str) -> tuple[sa.Table, sa.Table, sa.Table, sa.Table]:
@@ -146,206 +162,254 @@ def _count_in(
     )
 
 
+_LOCALS = ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout")
+_SET_LOCALS = sa.select(
+    *[sa.func.set_config(name, sa.bindparam(name), True) for name in _LOCALS],
+    *[sa.func.set_config(name, value, True) for name, value in INDEX_PROBES.items()],
+)
+
+
 def set_batch_locals(conn: Connection, settings: Settings, lock_timeout: timedelta) -> None:
     """Local timeouts; the lease: a worker that hangs inside a batch loses it to the server."""
-    ms = {
-        "statement_timeout": settings.database.statement_timeout,
-        "lock_timeout": lock_timeout,
-        "idle_in_transaction_session_timeout": settings.migrate.lease,
-    }
-    db.set_local(
-        conn,
-        {k: f"{int(v.total_seconds() * 1000)}ms" for k, v in ms.items()} | INDEX_PROBES,
+    values = (settings.database.statement_timeout, lock_timeout, settings.migrate.lease)
+    conn.execute(
+        _SET_LOCALS,
+        {
+            name: f"{int(value.total_seconds() * 1000)}ms"
+            for name, value in zip(_LOCALS, values, strict=True)
+        },
     )
 
 
-def _claim(
-    conn: Connection, id_map: sa.Table, run_id: int, batch_id: int, size: int
-) -> tuple[sa.TableClause, int] | None:
-    """Claim up to `size` pending documents for this batch into the batch table, one user's
-    documents together; None when there is none. One statement: the claim, the id map's new
-    state and batch, and the batch table's rows."""
-    b = _batch_table(conn)
-    # empty after every commit (ON COMMIT DELETE ROWS); within `uuidguard plan`'s rehearsal
-    # several batches share one transaction
-    conn.execute(sa.delete(b))
-    claim = (
-        sa.select(id_map.c.old_id)
-        .where(id_map.c.run_id == run_id, id_map.c.state == "pending")
-        .order_by(id_map.c.user_id, id_map.c.old_id)
-        .limit(size)
-        .with_for_update(skip_locked=True)
-        .cte("claim")
-    )
-    claimed = (
-        sa.update(id_map)
-        .where(id_map.c.run_id == run_id, id_map.c.old_id == claim.c.old_id)
-        .values(state="done", batch_id=batch_id)
-        .returning(id_map.c.old_id, id_map.c.new_id)
-        .cte("claimed")
-    )
-    filled = (
-        sa.insert(b)
-        .from_select(["old_id", "new_id"], sa.select(claimed.c.old_id, claimed.c.new_id))
-        .returning(b.c.old_id)
-        .cte("filled")
-    )
-    n = conn.execute(sa.select(sa.func.count()).select_from(filled)).scalar_one()
-    if n == 0:
-        return None
-    # without statistics the planner assumes a temporary table of ~1,000 rows and scans
-    # the mapped tables whole instead of probing their indexes (400 ms against 0.3 ms)
-    conn.execute(sa.text(f"ANALYZE {BATCH}"))
-    return b, int(n)
+class Statements:
+    """A forward batch's statements, built once per worker; each execution binds `run_id`,
+    `batch_id`, `size`... SQLAlchemy compiles each once (its compiled cache), so a batch spends
+    its time in PostgreSQL rather than in building SQL (benchmarks/migrate.py)."""
 
-
-def _lock_and_skip(
-    conn: Connection,
-    settings: Settings,
-    p: Plan,
-    id_map: sa.Table,
-    run_id: int,
-    b: sa.TableClause,
-    claimed: int,
-) -> int:
-    """Lock the batch's documents; leave out those deleted since the run was planned or whose
-    new id was taken since (a fresh upload of the same file): reported, never forced.
-    Returns how many were left out. Two statements when nothing is left out (the usual case)."""
-    d = p.tables.documents
-    doc_id = d.c(settings.mapping.documents.id)
-    # the application's writes to these documents wait for this short transaction; counted
-    # in the server (the ids come to Python only when some document is missing)
-    lock = sa.select(doc_id).where(doc_id.in_(sa.select(b.c.old_id))).with_for_update().cte("lock")
-    locked = conn.execute(sa.select(sa.func.count()).select_from(lock)).scalar_one()
-    # new ids taken since the run was planned: one index probe per document (an EXISTS in
-    # the locking statement above measured twice as slow, benchmarks/migrate.py)
-    skipped = [
-        r[0]
-        for r in conn.execute(
-            sa.select(b.c.old_id).select_from(b.join(d.table, doc_id == b.c.new_id))
+    def __init__(self, p: Plan) -> None:
+        settings = p.settings
+        schema = settings.journal_schema
+        runs_t, id_map, batches, rewrites = _journal(journal.metadata(schema), schema)
+        b = _BATCH_T
+        run_id = sa.bindparam("p_run_id", type_=sa.BigInteger)
+        batch_id = sa.bindparam("p_batch_id", type_=sa.BigInteger)
+        self.run_state = (
+            sa.select(runs_t.c.state, runs_t.c.settings)
+            .where(runs_t.c.id == run_id)
+            .with_for_update(read=True)
         )
-    ]
-    if locked < claimed:  # some were deleted since the run was planned
-        skipped += list(
-            conn.execute(
-                sa.select(b.c.old_id).where(~sa.exists().where(doc_id == b.c.old_id))
-            ).scalars()
+        self.new_batch = (
+            sa.insert(batches)
+            .values(
+                run_id=run_id,
+                state="committed",
+                worker=sa.bindparam("p_worker"),
+                documents=0,
+                target_size=sa.bindparam("p_size"),
+            )
+            .returning(batches.c.id)
         )
-    skipped = list(dict.fromkeys(skipped))
-    if skipped:
-        conn.execute(
+        self.clear = sa.delete(b)
+        # one user's documents together; the id map's new state and batch, and the batch
+        # table's rows, in one statement
+        claim = (
+            sa.select(id_map.c.old_id)
+            .where(id_map.c.run_id == run_id, id_map.c.state == "pending")
+            .order_by(id_map.c.user_id, id_map.c.old_id)
+            .limit(sa.bindparam("p_size", type_=sa.Integer))
+            .with_for_update(skip_locked=True)
+            .cte("claim")
+        )
+        claimed = (
+            sa.update(id_map)
+            .where(id_map.c.run_id == run_id, id_map.c.old_id == claim.c.old_id)
+            .values(state="done", batch_id=batch_id)
+            .returning(id_map.c.old_id, id_map.c.new_id)
+            .cte("claimed")
+        )
+        filled = (
+            sa.insert(b)
+            .from_select(["old_id", "new_id"], sa.select(claimed.c.old_id, claimed.c.new_id))
+            .returning(b.c.old_id)
+            .cte("filled")
+        )
+        self.claim = sa.select(sa.func.count()).select_from(filled)
+        # without statistics the planner assumes a temporary table of ~1,000 rows and scans
+        # the mapped tables whole instead of probing their indexes (400 ms against 0.3 ms)
+        self.analyze = sa.text(f"ANALYZE {BATCH}")
+
+        d = p.tables.documents
+        dm = settings.mapping.documents
+        doc_id = d.c(dm.id)
+        # the application's writes to these documents wait for this short transaction; counted
+        # in the server (the ids come to Python only when some document is missing)
+        lock = (
+            sa.select(doc_id).where(doc_id.in_(sa.select(b.c.old_id))).with_for_update().cte("lock")
+        )
+        self.lock = sa.select(sa.func.count()).select_from(lock)
+        # new ids taken since the run was planned: one index probe per document (an EXISTS in
+        # the locking statement above measured twice as slow, benchmarks/migrate.py)
+        self.taken = sa.select(b.c.old_id).select_from(b.join(d.table, doc_id == b.c.new_id))
+        self.gone = sa.select(b.c.old_id).where(~sa.exists().where(doc_id == b.c.old_id))
+        skipped: sa.BindParameter[Any] = sa.bindparam("p_skipped", expanding=True)
+        self.skip = (
             sa.update(id_map)
             .where(id_map.c.run_id == run_id, id_map.c.old_id.in_(skipped))
             .values(state="skipped")
         )
-        conn.execute(sa.delete(b).where(b.c.old_id.in_(skipped)))
+        self.unbatch = sa.delete(b).where(b.c.old_id.in_(skipped))
+
+        #: deferrable keys, deferred in each batch (names quoted with the connection's dialect)
+        self.deferred = [
+            (fk.schema, fk.name)
+            for fk in p.fks.values()
+            if fk is not None and fk.strategy == "deferred"
+        ]
+        self.copy: sa.Insert | None = None
+        if p.copy_documents:
+            # a NOT DEFERRABLE key: the new document must exist before its rows move to it
+            cols = [c.name for c in d.table.columns]
+            copy = sa.select(*[b.c.new_id if c == dm.id else d.table.c[c] for c in cols])
+            self.copy = sa.insert(d.table).from_select(
+                cols, copy.select_from(d.table.join(b, doc_id == b.c.old_id))
+            )
+        self.rewrites: list[tuple[str, sa.Select[Any]]] = []
+        for i, (ref, t) in enumerate(p.tables.references):
+            col = t.c(ref.column)
+            fk = p.fks.get(i)
+            if fk is not None and fk.strategy == "cascade" and not p.copy_documents:
+                # the document's rename carries these rows along: journal them first
+                rows = (
+                    sa.select(
+                        _keys(t, ref.primary_key, ref.column, b.c.new_id).label("key"),
+                        col.label("old_id"),
+                    )
+                    .select_from(t.table.join(b, col == b.c.old_id))
+                    .cte(f"rows_{i}")
+                )
+            else:
+                rows = (
+                    sa.update(t.table)
+                    .where(col == b.c.old_id)
+                    .values({ref.column: b.c.new_id})
+                    .returning(
+                        sa.func.jsonb_build_array(*[t.c(k) for k in ref.primary_key]).label("key"),
+                        b.c.old_id.label("old_id"),
+                    )
+                    .cte(f"rows_{i}")
+                )
+            # one journal row per document and reference, with the keys of its rewritten rows
+            journaled = (
+                sa.insert(rewrites)
+                .from_select(
+                    ["batch_id", "ref", "keys", "old_id"],
+                    sa.select(
+                        batch_id,
+                        sa.literal(i, sa.SmallInteger),
+                        sa.func.jsonb_agg(rows.c.key),
+                        rows.c.old_id,
+                    ).group_by(rows.c.old_id),
+                )
+                .returning(sa.func.jsonb_array_length(rewrites.c["keys"]).label("n"))
+                .cte(f"journaled_{i}")
+            )
+            self.rewrites.append(
+                (
+                    f"{ref.table}.{ref.column}",
+                    sa.select(sa.func.coalesce(sa.func.sum(journaled.c.n), 0)),
+                )
+            )
+        if p.copy_documents:
+            done = (
+                sa.delete(d.table)
+                .where(doc_id.in_(sa.select(b.c.old_id)))
+                .returning(doc_id)
+                .cte("rekeyed")
+            )
+        else:
+            done = (
+                sa.update(d.table)
+                .where(doc_id == b.c.old_id)
+                .values({dm.id: b.c.new_id})
+                .returning(doc_id)
+                .cte("rekeyed")
+            )
+        self.rekey = sa.select(sa.func.count()).select_from(done)
+        # no reference to an old id remains, rows the application added meanwhile included
+        self.left = sa.select(
+            *[_count_in(t, ref.column, b.c.old_id) for ref, t in p.tables.references]
+        )
+        self.finish = (
+            sa.update(batches)
+            .where(batches.c.id == batch_id)
+            .values(
+                documents=sa.bindparam("p_documents"),
+                rows=sa.bindparam("p_rows"),
+                committed_at=sa.func.clock_timestamp(),
+                seconds=sa.bindparam("p_seconds"),
+            )
+        )
+
+
+def _claim(
+    conn: Connection, p: Plan, run_id: int, batch_id: int, size: int, clear: bool
+) -> tuple[sa.TableClause, int] | None:
+    """Claim up to `size` pending documents for this batch into the batch table, one user's
+    documents together; None when there is none. `clear`: the batch table may hold an earlier
+    batch of the same transaction (`uuidguard plan`'s rehearsal); otherwise it is empty, since
+    every commit empties it (ON COMMIT DELETE ROWS)."""
+    b = _batch_table(conn)
+    if clear:
+        conn.execute(p.sql.clear)
+    n = conn.execute(
+        p.sql.claim, {"p_run_id": run_id, "p_batch_id": batch_id, "p_size": size}
+    ).scalar_one()
+    if n == 0:
+        return None
+    conn.execute(p.sql.analyze)
+    return b, int(n)
+
+
+def _lock_and_skip(conn: Connection, p: Plan, run_id: int, claimed: int) -> int:
+    """Lock the batch's documents; leave out those deleted since the run was planned or whose
+    new id was taken since (a fresh upload of the same file): reported, never forced.
+    Returns how many were left out. Two statements when nothing is left out (the usual case)."""
+    locked = conn.execute(p.sql.lock).scalar_one()
+    skipped = list(conn.execute(p.sql.taken).scalars())
+    if locked < claimed:  # some were deleted since the run was planned
+        skipped += list(conn.execute(p.sql.gone).scalars())
+    skipped = list(dict.fromkeys(skipped))
+    if skipped:
+        conn.execute(p.sql.skip, {"p_run_id": run_id, "p_skipped": skipped})
+        conn.execute(p.sql.unbatch, {"p_skipped": skipped})
     return len(skipped)
 
 
-def _rewrite(
-    conn: Connection,
-    settings: Settings,
-    p: Plan,
-    rewrites: sa.Table,
-    batch_id: int,
-    b: sa.TableClause,
-) -> tuple[dict[str, int], int]:
+def _rewrite(conn: Connection, p: Plan, batch_id: int) -> tuple[dict[str, int], int]:
     """Re-key the documents and every reference, journaling each rewritten row's key, grouped
     into one journal row per document and reference. Returns rows rewritten per reference
     and the documents re-keyed."""
-    d = p.tables.documents
-    dm = settings.mapping.documents
-    doc_id = d.c(dm.id)
     prep = conn.dialect.identifier_preparer
-    for fk in p.fks.values():
-        if fk is not None and fk.strategy == "deferred":
-            name = f"{prep.quote_schema(fk.schema)}.{prep.quote(fk.name)}"
-            conn.execute(sa.text(f"SET CONSTRAINTS {name} DEFERRED"))
-    if p.copy_documents:
-        # a NOT DEFERRABLE key: the new document must exist before its rows move to it
-        cols = [c.name for c in d.table.columns]
-        copy = sa.select(*[b.c.new_id if c == dm.id else d.table.c[c] for c in cols])
+    for schema, name in p.sql.deferred:
         conn.execute(
-            sa.insert(d.table).from_select(
-                cols, copy.select_from(d.table.join(b, doc_id == b.c.old_id))
-            )
+            sa.text(f"SET CONSTRAINTS {prep.quote_schema(schema)}.{prep.quote(name)} DEFERRED")
         )
+    if p.sql.copy is not None:
+        conn.execute(p.sql.copy)
     rewritten: dict[str, int] = {}
-    for i, (ref, t) in enumerate(p.tables.references):
-        col = t.c(ref.column)
-        fk = p.fks.get(i)
-        if fk is not None and fk.strategy == "cascade" and not p.copy_documents:
-            # the document's rename carries these rows along: journal them first
-            rows = (
-                sa.select(
-                    _keys(t, ref.primary_key, ref.column, b.c.new_id).label("key"),
-                    col.label("old_id"),
-                )
-                .select_from(t.table.join(b, col == b.c.old_id))
-                .cte(f"rows_{i}")
-            )
-        else:
-            rows = (
-                sa.update(t.table)
-                .where(col == b.c.old_id)
-                .values({ref.column: b.c.new_id})
-                .returning(
-                    sa.func.jsonb_build_array(*[t.c(k) for k in ref.primary_key]).label("key"),
-                    b.c.old_id.label("old_id"),
-                )
-                .cte(f"rows_{i}")
-            )
-        journaled = (
-            sa.insert(rewrites)
-            .from_select(
-                ["batch_id", "ref", "keys", "old_id"],
-                sa.select(
-                    sa.literal(batch_id, sa.BigInteger),
-                    sa.literal(i, sa.SmallInteger),
-                    sa.func.jsonb_agg(rows.c.key),
-                    rows.c.old_id,
-                ).group_by(rows.c.old_id),
-            )
-            .returning(sa.func.jsonb_array_length(rewrites.c["keys"]).label("n"))
-            .cte(f"journaled_{i}")
-        )
-        rewritten[f"{ref.table}.{ref.column}"] = int(
-            conn.execute(sa.select(sa.func.coalesce(sa.func.sum(journaled.c.n), 0))).scalar_one()
-        )
-    if p.copy_documents:
-        done = (
-            sa.delete(d.table)
-            .where(doc_id.in_(sa.select(b.c.old_id)))
-            .returning(doc_id)
-            .cte("rekeyed")
-        )
-    else:
-        done = (
-            sa.update(d.table)
-            .where(doc_id == b.c.old_id)
-            .values({dm.id: b.c.new_id})
-            .returning(doc_id)
-            .cte("rekeyed")
-        )
-    documents = conn.execute(sa.select(sa.func.count()).select_from(done)).scalar_one()
+    for name, statement in p.sql.rewrites:
+        rewritten[name] = int(conn.execute(statement, {"p_batch_id": batch_id}).scalar_one())
+    documents = conn.execute(p.sql.rekey).scalar_one()
     return rewritten, int(documents)
 
 
-def _verify(
-    conn: Connection,
-    p: Plan,
-    batch_id: int,
-    b: sa.TableClause,
-    moving: int,
-    rekeyed: int,
-) -> None:
+def _verify(conn: Connection, p: Plan, batch_id: int, moving: int, rekeyed: int) -> None:
     """Inside the batch's transaction: every document was re-keyed, and (in one statement) no
     reference to an old id remains, rows the application added meanwhile included."""
     if rekeyed != moving:
         raise VerificationError(batch_id, f"{rekeyed} of {moving} documents were re-keyed")
-    refs = p.tables.references
-    left = conn.execute(sa.select(*[_count_in(t, ref.column, b.c.old_id) for ref, t in refs])).one()
-    for (ref, _), n in zip(refs, left, strict=True):
+    left = conn.execute(p.sql.left).one()
+    for (ref, _), n in zip(p.tables.references, left, strict=True):
         if n:
             raise VerificationError(
                 batch_id, f"{n} rows of {ref.table}.{ref.column} still carry an old id"
@@ -364,18 +428,12 @@ def forward_batch(
     """Re-key up to `pace.size` pending documents of the run in one transaction; None when
     none is claimable, Stopped when the run is not running. A batch time changed on the run
     (`uuidguard migrate set`) is applied to `pace` before the batch is sized."""
-    schema = settings.journal_schema
-    runs_t = journal.table(schema, "runs")
     started = time.monotonic()
     with conn.begin() as tx:
         set_batch_locals(conn, settings, lock_timeout)
         # a shared lock on the run row: pause and rollback update that row, so they wait for
         # the batches in flight, and no batch commits after a rollback has listed the batches
-        state, live = conn.execute(
-            sa.select(runs_t.c.state, runs_t.c.settings)
-            .where(runs_t.c.id == run_id)
-            .with_for_update(read=True)
-        ).one()
+        state, live = conn.execute(p.sql.run_state, {"p_run_id": run_id}).one()
         if state != "running":
             return Stopped(str(state))
         if (live or {}).get("batch_time"):
@@ -383,6 +441,8 @@ def forward_batch(
         result = apply_batch(conn, settings, p, run_id, pace.size, worker, started)
         if result is None:
             tx.rollback()  # nothing pending: not even the batch row stays
+    if result is not None:
+        _batch_table_kept(conn)
     return result
 
 
@@ -394,31 +454,26 @@ def apply_batch(
     size: int,
     worker: str,
     started: float,
+    clear: bool = False,
 ) -> BatchResult | None:
     """One batch's work inside the caller's transaction, which the caller commits (a batch)
-    or rolls back (nothing claimable, or `uuidguard plan`'s measured rehearsal)."""
-    schema = settings.journal_schema
-    _, id_map, batches, rewrites = _journal(journal.metadata(schema), schema)
+    or rolls back (nothing claimable, or `uuidguard plan`'s measured rehearsal, which runs
+    several batches in one transaction and passes `clear`)."""
     batch_id = conn.execute(
-        sa.insert(batches)
-        .values(run_id=run_id, state="committed", worker=worker, documents=0, target_size=size)
-        .returning(batches.c.id)
+        p.sql.new_batch, {"p_run_id": run_id, "p_worker": worker, "p_size": size}
     ).scalar_one()
-    claimed = _claim(conn, id_map, run_id, batch_id, size)
+    claimed = _claim(conn, p, run_id, batch_id, size, clear)
     if claimed is None:
         return None
-    b, n = claimed
-    skipped = _lock_and_skip(conn, settings, p, id_map, run_id, b, n)
+    _, n = claimed
+    skipped = _lock_and_skip(conn, p, run_id, n)
     n -= skipped
-    rewritten, rekeyed = _rewrite(conn, settings, p, rewrites, batch_id, b)
-    _verify(conn, p, batch_id, b, n, rekeyed)
+    rewritten, rekeyed = _rewrite(conn, p, batch_id)
+    _verify(conn, p, batch_id, n, rekeyed)
     seconds = time.monotonic() - started
     conn.execute(
-        sa.update(batches)
-        .where(batches.c.id == batch_id)
-        .values(
-            documents=n, rows=rewritten, committed_at=sa.func.clock_timestamp(), seconds=seconds
-        )
+        p.sql.finish,
+        {"p_batch_id": batch_id, "p_documents": n, "p_rows": rewritten, "p_seconds": seconds},
     )
     return BatchResult(batch_id, n, skipped, rewritten, time.monotonic() - started)
 
