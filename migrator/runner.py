@@ -241,10 +241,21 @@ class Statements:
         d = p.tables.documents
         dm = settings.mapping.documents
         doc_id = d.c(dm.id)
-        # the application's writes to these documents wait for this short transaction; counted
-        # in the server (the ids come to Python only when some document is missing)
+        # no one deletes these documents or changes their ids until the batch commits; counted
+        # in the server (the ids come to Python only when some document is missing). FOR KEY
+        # SHARE leaves the application's writes to their other columns free (the usual
+        # access_count updates wait only from the documents' own UPDATE at the end of the
+        # batch to its commit); where a copied document (a NOT DEFERRABLE key) or a cascade
+        # would lose or move such a write, or an insert of a row referencing the old id,
+        # FOR UPDATE holds them off for the whole batch
+        strict = p.copy_documents or any(
+            fk is not None and fk.strategy == "cascade" for fk in p.fks.values()
+        )
         lock = (
-            sa.select(doc_id).where(doc_id.in_(sa.select(b.c.old_id))).with_for_update().cte("lock")
+            sa.select(doc_id)
+            .where(doc_id.in_(sa.select(b.c.old_id)))
+            .with_for_update(read=not strict, key_share=not strict)
+            .cte("lock")
         )
         self.lock = sa.select(sa.func.count()).select_from(lock)
         # new ids taken since the run was planned: one index probe per document (an EXISTS in
@@ -348,6 +359,78 @@ class Statements:
                 committed_at=sa.func.clock_timestamp(),
                 seconds=sa.bindparam("p_seconds"),
             )
+        )
+
+        # --- a rollback's statements ---
+        self.batch_state = (
+            sa.select(batches.c.state).where(batches.c.id == batch_id).with_for_update()
+        )
+        mapped = (
+            sa.insert(b)
+            .from_select(
+                ["old_id", "new_id"],
+                sa.select(id_map.c.old_id, id_map.c.new_id).where(
+                    id_map.c.batch_id == batch_id, id_map.c.state == "done"
+                ),
+            )
+            .returning(b.c.old_id)
+            .cte("mapped")
+        )
+        self.unmap = sa.select(sa.func.count()).select_from(mapped)
+        # the documents' own UPDATE locks them
+        self.unkey = sa.update(d.table).where(doc_id == b.c.new_id).values({dm.id: b.c.old_id})
+        self.restores: list[tuple[str, sa.Select[Any]]] = []
+        for i, (ref, t) in enumerate(p.tables.references):
+            col = t.c(ref.column)
+            mine = sa.and_(rewrites.c.batch_id == batch_id, rewrites.c.ref == i)
+            # the rows a batch rewrote: found through the reference's index on the new id (one
+            # probe per document), then kept only if the batch journaled their key (rows that
+            # pointed at the new id before the run, the healed orphans, stay where they were)
+            key = sa.func.jsonb_array_elements(rewrites.c["keys"]).table_valued(
+                sa.column("value", pg.JSONB)
+            )
+            journaled_key = (
+                sa.exists()
+                .select_from(key)
+                .where(key.c.value == sa.func.jsonb_build_array(*[t.c(k) for k in ref.primary_key]))
+            )
+            restored = (
+                sa.update(t.table)
+                .where(
+                    mine,
+                    b.c.old_id == rewrites.c.old_id,
+                    col == b.c.new_id,
+                    journaled_key,
+                )
+                .values({ref.column: rewrites.c.old_id})
+                .returning(sa.literal(1))
+                .cte(f"restored_{i}")
+            )
+            journaled_rows = (
+                sa.select(
+                    sa.func.coalesce(sa.func.sum(sa.func.jsonb_array_length(rewrites.c["keys"])), 0)
+                )
+                .where(mine)
+                .scalar_subquery()
+            )
+            self.restores.append(
+                (
+                    f"{ref.table}.{ref.column}",
+                    sa.select(
+                        sa.select(sa.func.count()).select_from(restored).scalar_subquery(),
+                        journaled_rows,
+                    ),
+                )
+            )
+        self.unmapped = (
+            sa.update(id_map)
+            .where(id_map.c.batch_id == batch_id, id_map.c.state == "done")
+            .values(state="rolled_back")
+        )
+        self.undone = (
+            sa.update(batches)
+            .where(batches.c.id == batch_id)
+            .values(state="rolled_back", rolled_back_at=sa.func.now())
         )
 
 
@@ -489,77 +572,28 @@ def rollback_batch(
     triggers off for this transaction only (superuser, or GRANT SET ON PARAMETER). The journal
     says exactly which rows to move back, so nothing is left to the triggers.
     """
-    schema = settings.journal_schema
-    md = journal.metadata(schema)
-    id_map, batches, rewrites = (
-        md.tables[f"{schema}.{n}"] for n in ("id_map", "batches", "rewrites")
-    )
-    d = p.tables.documents
-    dm = settings.mapping.documents
-    doc_id = d.c(dm.id)
+    sql = p.sql
+    bound = {"p_batch_id": batch_id}
     with conn.begin():
-        db.set_local_timeouts(conn, settings.database.statement_timeout, lock_timeout)
-        db.set_local(conn, INDEX_PROBES)
-        state = conn.execute(
-            sa.select(batches.c.state).where(batches.c.id == batch_id).with_for_update()
-        ).scalar_one()
+        set_batch_locals(conn, settings, lock_timeout)
+        state = conn.execute(sql.batch_state, bound).scalar_one()
         if state != "committed":
             return 0
         if any(fk is not None for fk in p.fks.values()):
             conn.execute(sa.text("SET LOCAL session_replication_role = replica"))
-        b = _batch_table(conn)
-        conn.execute(
-            sa.insert(b).from_select(
-                ["old_id", "new_id"],
-                sa.select(id_map.c.old_id, id_map.c.new_id).where(
-                    id_map.c.batch_id == batch_id, id_map.c.state == "done"
-                ),
-            )
-        )
-        n = conn.execute(sa.select(sa.func.count()).select_from(b)).scalar_one()
-        conn.execute(sa.text(f"ANALYZE {BATCH}"))
-        conn.execute(sa.select(doc_id).where(doc_id.in_(sa.select(b.c.new_id))).with_for_update())
-        conn.execute(sa.update(d.table).where(doc_id == b.c.new_id).values({dm.id: b.c.old_id}))
-        for i, (ref, t) in enumerate(p.tables.references):
-            col = t.c(ref.column)
-            key = sa.func.jsonb_array_elements(rewrites.c["keys"]).table_valued(
-                sa.column("value", pg.JSONB)
-            )
-            r = (
-                sa.select(rewrites.c.old_id, key.c.value.label("key"))
-                .select_from(rewrites.join(key, sa.true()))
-                .where(rewrites.c.batch_id == batch_id, rewrites.c.ref == i)
-                .subquery("r")
-            )
-            restored = conn.execute(
-                sa.update(t.table)
-                .where(
-                    _pk_match(t, ref.primary_key, r.c.key),
-                    b.c.old_id == r.c.old_id,
-                    col == b.c.new_id,
-                )
-                .values({ref.column: r.c.old_id})
-            ).rowcount
-            journaled = conn.execute(
-                sa.select(
-                    sa.func.coalesce(sa.func.sum(sa.func.jsonb_array_length(rewrites.c["keys"])), 0)
-                ).where(rewrites.c.batch_id == batch_id, rewrites.c.ref == i)
-            ).scalar_one()
+        _batch_table(conn)
+        n = conn.execute(sql.unmap, bound).scalar_one()
+        conn.execute(sql.analyze)
+        conn.execute(sql.unkey)
+        for name, statement in sql.restores:
+            restored, journaled = conn.execute(statement, bound).one()
             if restored != journaled:
                 raise VerificationError(
-                    batch_id,
-                    f"rollback restored {restored} of {journaled} rows of {ref.table}.{ref.column}",
+                    batch_id, f"rollback restored {restored} of {journaled} rows of {name}"
                 )
-        conn.execute(
-            sa.update(id_map)
-            .where(id_map.c.batch_id == batch_id, id_map.c.state == "done")
-            .values(state="rolled_back")
-        )
-        conn.execute(
-            sa.update(batches)
-            .where(batches.c.id == batch_id)
-            .values(state="rolled_back", rolled_back_at=sa.func.now())
-        )
+        conn.execute(sql.unmapped, bound)
+        conn.execute(sql.undone, bound)
+    _batch_table_kept(conn)
     return n
 
 

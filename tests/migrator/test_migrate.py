@@ -452,3 +452,49 @@ def test_pause_between_batches_rests_and_counts_in_the_eta(settings: Settings) -
         with_rest = runs.status(conn, rested, run_id)
     batches_left = plain["documents"]["pending"] / 10
     assert with_rest["eta_seconds"] == pytest.approx(plain["eta_seconds"] + 0.3 * batches_left)
+
+
+@pytest.mark.parametrize(("fk", "writes_wait"), [("none", False), ("strict", True)])
+def test_a_batch_lets_the_application_write_its_documents_until_the_end(
+    settings: Settings, fk: seed.FkMode, writes_wait: bool
+) -> None:
+    """Inside a batch, after its documents are locked: the application's update of another
+    column goes through (FOR KEY SHARE) while a delete waits for the batch; with a NOT
+    DEFERRABLE key the documents are copied, so the update waits too (FOR UPDATE)."""
+    engine, _ = _prepare(settings, fk, documents=120)
+    run_id = _create(engine, settings)
+    with engine.connect() as conn, conn.begin():
+        runs.set_state(conn, settings, run_id, "running", "test", "run")
+    with engine.connect() as conn:
+        p = runner.plan(conn, settings)
+    other = db.create_engine(settings)
+    with engine.connect() as conn:
+        tx = conn.begin()
+        runner.set_batch_locals(conn, settings, settings.migrate.lock_timeout)
+        batch_id = conn.execute(
+            p.sql.new_batch, {"p_run_id": run_id, "p_worker": "w", "p_size": 5}
+        ).scalar_one()
+        claimed = runner._claim(conn, p, run_id, batch_id, 5, clear=False)
+        assert claimed is not None
+        assert conn.execute(p.sql.lock).scalar_one() == claimed[1]
+        doc = conn.execute(sa.text(f"SELECT old_id FROM {runner.BATCH} LIMIT 1")).scalar_one()
+
+        def attempt(statement: str) -> bool:
+            """True when it went through, False when it waited for the batch's lock."""
+            with other.connect() as oconn, oconn.begin() as otx:
+                oconn.execute(sa.text("SET LOCAL lock_timeout = '300ms'"))
+                try:
+                    oconn.execute(sa.text(statement), {"id": doc})
+                except sa.exc.OperationalError as exc:
+                    assert "lock timeout" in str(exc)
+                    return False
+                otx.rollback()  # leave the document as it was
+                return True
+
+        update = "UPDATE documents SET access_count = access_count + 1 WHERE id = :id"
+        assert attempt(update) is not writes_wait
+        assert attempt("UPDATE documents SET id = gen_random_uuid() WHERE id = :id") is False
+        if fk == "none":
+            assert attempt("DELETE FROM documents WHERE id = :id") is False
+        tx.rollback()
+    other.dispose()
