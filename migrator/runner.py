@@ -524,7 +524,7 @@ def forward_batch(
         result = apply_batch(conn, settings, p, run_id, pace.size, worker, started)
         if result is None:
             tx.rollback()  # nothing pending: not even the batch row stays
-    if result is not None:
+    if isinstance(result, BatchResult):  # committed, with the batch table it used
         _batch_table_kept(conn)
     return result
 

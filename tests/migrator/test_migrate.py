@@ -498,3 +498,25 @@ def test_a_batch_lets_the_application_write_its_documents_until_the_end(
             assert attempt("DELETE FROM documents WHERE id = :id") is False
         tx.rollback()
     other.dispose()
+
+
+def test_a_stopped_batch_leaves_the_session_able_to_run_the_next(settings: Settings) -> None:
+    """The batch table is created once per session and remembered only once a batch using it
+    committed: a first turn that finds the run paused does not make the next one skip it."""
+    engine, _ = _prepare(settings, "none", documents=60)
+    run_id = _create(engine, settings)
+    with engine.connect() as conn:
+        with conn.begin():
+            p = runner.plan(conn, settings)
+            runs.set_state(conn, settings, run_id, "paused", "test", "pause")
+        pace = Pace(size=10, max_size=10)
+        stopped = runner.forward_batch(
+            conn, settings, p, run_id, pace, "w", settings.migrate.lock_timeout
+        )
+        assert stopped == runner.Stopped("paused")
+        with conn.begin():
+            runs.set_state(conn, settings, run_id, "running", "test", "resume")
+        result = runner.forward_batch(
+            conn, settings, p, run_id, pace, "w", settings.migrate.lock_timeout
+        )
+        assert isinstance(result, runner.BatchResult) and result.documents == 10
