@@ -64,8 +64,9 @@ class WorkerError(UuidguardError):
 
 @dataclass
 class Plan:
-    """What the engine needs to know about the schema, read once per worker, and the forward
-    batch's statements, built from it once (their parameters are bound per batch)."""
+    """What the engine needs to know about the schema, read once per worker, and the
+    statements of a batch and of its rollback, built from it once (their parameters are bound
+    per batch)."""
 
     tables: tables_mod.MappedTables
     fks: dict[int, catalog.ForeignKey | None]
@@ -109,13 +110,12 @@ _BATCH_DDL = sa.text(
 _BATCH_T = sa.table(BATCH, sa.column("old_id"), sa.column("new_id"))
 
 
-def _batch_table(conn: Connection) -> sa.TableClause:
-    """The session's batch table, created once per database session: a transaction that
+def _batch_table(conn: Connection) -> None:
+    """Create the session's batch table once per database session: a transaction that
     created it and committed marks the connection (`_batch_table_kept`), a rolled-back one
     leaves it unmarked, and a new session after a lost connection starts unmarked."""
     if not conn.info.get(BATCH):
         conn.execute(_BATCH_DDL)
-    return _BATCH_T
 
 
 def _batch_table_kept(conn: Connection) -> None:
@@ -136,21 +136,6 @@ def _keys(
     return sa.func.jsonb_build_array(*[new_id if col == column else t.c(col) for col in pk])
 
 
-def _pk_match(
-    t: tables_mod.MappedTable, pk: tuple[str, ...], stored: sa.ColumnElement[Any]
-) -> sa.ColumnElement[bool]:
-    """The mapped row whose key is the journaled jsonb array; typed casts keep the index usable."""
-    conds = []
-    for i, col in enumerate(pk):
-        column = t.c(col)
-        text = stored[i].astext
-        if isinstance(column.type, sa.types.NullType):
-            conds.append(sa.cast(column, sa.Text) == text)
-        else:
-            conds.append(column == sa.cast(text, column.type))
-    return sa.and_(*conds)
-
-
 def _count_in(
     t: tables_mod.MappedTable, col: str, ids: sa.ColumnElement[Any]
 ) -> sa.ScalarSelect[Any]:
@@ -162,29 +147,25 @@ def _count_in(
     )
 
 
-_LOCALS = ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout")
-_SET_LOCALS = sa.select(
-    *[sa.func.set_config(name, sa.bindparam(name), True) for name in _LOCALS],
-    *[sa.func.set_config(name, value, True) for name, value in INDEX_PROBES.items()],
-)
-
-
 def set_batch_locals(conn: Connection, settings: Settings, lock_timeout: timedelta) -> None:
     """Local timeouts; the lease: a worker that hangs inside a batch loses it to the server."""
-    values = (settings.database.statement_timeout, lock_timeout, settings.migrate.lease)
-    conn.execute(
-        _SET_LOCALS,
-        {
-            name: f"{int(value.total_seconds() * 1000)}ms"
-            for name, value in zip(_LOCALS, values, strict=True)
-        },
+    ms = {
+        "statement_timeout": settings.database.statement_timeout,
+        "lock_timeout": lock_timeout,
+        "idle_in_transaction_session_timeout": settings.migrate.lease,
+    }
+    db.set_local(
+        conn,
+        {k: f"{int(v.total_seconds() * 1000)}ms" for k, v in ms.items()} | INDEX_PROBES,
     )
 
 
 class Statements:
-    """A forward batch's statements, built once per worker; each execution binds `run_id`,
-    `batch_id`, `size`... SQLAlchemy compiles each once (its compiled cache), so a batch spends
-    its time in PostgreSQL rather than in building SQL (benchmarks/migrate.py)."""
+    """The statements of a forward batch and of a batch's rollback, built once per worker; each
+    execution binds `p_run_id`, `p_batch_id`, `p_size`... (prefixed: an UPDATE would take a
+    parameter named like one of its columns for a value to SET). SQLAlchemy compiles each once
+    (its compiled cache), so a batch spends its time in PostgreSQL rather than in building SQL
+    (benchmarks/migrate.py)."""
 
     def __init__(self, p: Plan) -> None:
         settings = p.settings
@@ -436,12 +417,12 @@ class Statements:
 
 def _claim(
     conn: Connection, p: Plan, run_id: int, batch_id: int, size: int, clear: bool
-) -> tuple[sa.TableClause, int] | None:
+) -> int | None:
     """Claim up to `size` pending documents for this batch into the batch table, one user's
     documents together; None when there is none. `clear`: the batch table may hold an earlier
     batch of the same transaction (`uuidguard plan`'s rehearsal); otherwise it is empty, since
     every commit empties it (ON COMMIT DELETE ROWS)."""
-    b = _batch_table(conn)
+    _batch_table(conn)
     if clear:
         conn.execute(p.sql.clear)
     n = conn.execute(
@@ -450,7 +431,7 @@ def _claim(
     if n == 0:
         return None
     conn.execute(p.sql.analyze)
-    return b, int(n)
+    return int(n)
 
 
 def _lock_and_skip(conn: Connection, p: Plan, run_id: int, claimed: int) -> int:
@@ -545,10 +526,9 @@ def apply_batch(
     batch_id = conn.execute(
         p.sql.new_batch, {"p_run_id": run_id, "p_worker": worker, "p_size": size}
     ).scalar_one()
-    claimed = _claim(conn, p, run_id, batch_id, size, clear)
-    if claimed is None:
+    n = _claim(conn, p, run_id, batch_id, size, clear)
+    if n is None:
         return None
-    _, n = claimed
     skipped = _lock_and_skip(conn, p, run_id, n)
     n -= skipped
     rewritten, rekeyed = _rewrite(conn, p, batch_id)

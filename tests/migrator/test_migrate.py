@@ -476,7 +476,7 @@ def test_a_batch_lets_the_application_write_its_documents_until_the_end(
         ).scalar_one()
         claimed = runner._claim(conn, p, run_id, batch_id, 5, clear=False)
         assert claimed is not None
-        assert conn.execute(p.sql.lock).scalar_one() == claimed[1]
+        assert conn.execute(p.sql.lock).scalar_one() == claimed
         doc = conn.execute(sa.text(f"SELECT old_id FROM {runner.BATCH} LIMIT 1")).scalar_one()
 
         def attempt(statement: str) -> bool:
