@@ -609,6 +609,14 @@ class ConfigResult:
     pg_settings: str
     results: dict[str, WayResult]
 
+    @property
+    def label(self) -> str:
+        return (
+            f"shared_buffers {self.shared_buffers}"
+            if self.shared_buffers
+            else "the server as given"
+        )
+
 
 def _refs(s: settings_mod.Settings) -> list[tuple[str, str]]:
     return [(r.table, r.column) for r in s.reference_columns()]
@@ -675,6 +683,13 @@ def blocks_read(url: str, s: settings_mod.Settings) -> tuple[int, int]:
 
 
 FLUSH_STATS = "SELECT pg_stat_force_next_flush()"
+
+
+def record_blocks_read(result: WayResult, url: str, s: settings_mod.Settings) -> None:
+    """The blocks read so far into `result.detail` (run_way subtracts those read before the
+    way began), once the migration's connection has flushed its statistics (FLUSH_STATS)."""
+    time.sleep(0.2)  # the flush is asynchronous to the next statement's reader
+    result.detail["heap_blocks_read"], result.detail["index_blocks_read"] = blocks_read(url, s)
 
 
 def ceiling(url: str, s: settings_mod.Settings, tmpl: Template, clients: Clients) -> WayResult:
@@ -909,8 +924,7 @@ def uuidguard(
         with engine.connect() as fconn:  # the pool's one connection, the run's
             fconn.execute(sa.text(FLUSH_STATS))
             fconn.commit()
-        time.sleep(0.2)
-        result.detail["heap_blocks_read"], result.detail["index_blocks_read"] = blocks_read(url, s)
+        record_blocks_read(result, url, s)
 
         # the rollback: the writer now follows the end of the list, which is undone first
         clients.front.value = max(0, documents - 1)
@@ -1059,10 +1073,7 @@ def run_way(
             else:
                 result = uuidguard(url, s, tmpl, clients, opts.uuidguard_seconds, before)
         if way == "ceiling":
-            time.sleep(0.2)
-            result.detail["heap_blocks_read"], result.detail["index_blocks_read"] = blocks_read(
-                url, s
-            )
+            record_blocks_read(result, url, s)
         for key, base in (("heap_blocks_read", heap0), ("index_blocks_read", idx0)):
             if key in result.detail:
                 result.detail[key] -= base
@@ -1214,12 +1225,7 @@ def render(
     if len(configs) > 1:
         out += cache_effect(configs)
     first = configs[0].results
-    where = (
-        f"shared_buffers {configs[0].shared_buffers}"
-        if configs[0].shared_buffers
-        else "the server as given"
-    )
-    out += limits(first["uuidguard"], first["ceiling"], where)
+    out += limits(first["uuidguard"], first["ceiling"], configs[0].label)
     out += ["", f"The whole benchmark took {total_seconds / 60:.1f} min."]
     return "\n".join(out) + "\n"
 
@@ -1228,10 +1234,9 @@ def config_section(cfg: ConfigResult, tmpl: Template) -> list[str]:
     """One server configuration's table, rollback and targets."""
     results = cfg.results
     a, c = results["ceiling"], results["uuidguard"]
-    title = f"shared_buffers {cfg.shared_buffers}" if cfg.shared_buffers else "the server as given"
     out = [
         "",
-        f"### {title}",
+        f"### {cfg.label}",
         "",
         f"Settings: {cfg.pg_settings}.",
         "",
